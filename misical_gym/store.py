@@ -3,8 +3,8 @@
 A store is a directory::
 
     manifest.json     schema version, dataset, class names, grid, feature names, checksums
-    features.npy      float32 [N, F]  the frozen segmenter's features (observations come from here)
-    counts.npy        int32   [N, C]  oracle pixel count of every class (rewards only, never observed)
+    features.npy      float32 [N, F]  the frozen segmenter's features (observations)
+    counts.npy        int32   [N, C]  oracle pixel count of every class (rewards, never observed)
     patches.npy       int32   [N, 4]  image index, grid row, grid col, split code
     image_sizes.npy   int32   [I, 2]  height and width of every image
     segmenter.pt      optional        the frozen segmenter's checkpoint
@@ -83,7 +83,8 @@ def _verify_checksum(path: Path, expected: int) -> None:
     if actual != expected:
         raise StoreError(
             f"{path}: checksum mismatch (crc32 {actual:08x}, manifest says {expected:08x}); "
-            "the file is corrupt or was changed after the store was written. Prepare the store again."
+            "the file is corrupt or was changed after the store was written. "
+            "Prepare the store again."
         )
     _verified[key] = expected
 
@@ -172,9 +173,10 @@ class FeatureStore:
             actual = getattr(self, name).shape
             if actual != shape:
                 raise StoreError(f"{self.path / (name + '.npy')}: shape {actual}, expected {shape}")
-        if self.feature_names[: len(GLOBAL_FEATURES)] != GLOBAL_FEATURES or len(
-            self.feature_names
-        ) != len(GLOBAL_FEATURES) + 2 * c:
+        if (
+            self.feature_names[: len(GLOBAL_FEATURES)] != GLOBAL_FEATURES
+            or len(self.feature_names) != len(GLOBAL_FEATURES) + 2 * c
+        ):
             raise StoreError(f"{self.path / MANIFEST}: feature_names do not follow the schema")
 
     # ------------------------------------------------------------------ writing
@@ -209,7 +211,7 @@ class FeatureStore:
             grid: The patch grid.
             dataset: How to reach the images again (``{"kind": ..., ...}``), JSON-serialisable.
             config: The settings that produced the store, for reproducibility.
-            segmenter: Segmenter metadata (e.g. ``{"checkpoint": "segmenter.pt", "test_iou": [...]}``).
+            segmenter: Segmenter metadata, e.g. ``{"checkpoint": "segmenter.pt", "test_iou": []}``.
             files: Extra files to copy into the store, by name (e.g. the segmenter checkpoint).
             overwrite: Replace an existing store at ``path``.
 

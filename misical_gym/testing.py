@@ -16,7 +16,7 @@ def write_random_store(
     *,
     num_images: int = 64,
     class_names: Sequence[str] = tuple(f"class{i}" for i in range(8)),
-    grid: PatchGrid = PatchGrid(4, 4),
+    grid: PatchGrid | None = None,
     image_size: tuple[int, int] = (64, 64),
     split_fractions: tuple[float, float, float] = (0.3, 0.5, 0.2),
     seed: int = 0,
@@ -28,6 +28,7 @@ def write_random_store(
     so a policy that reads them does better than random. With ``num_images=10_000`` and the 171
     COCO-Stuff classes it has COCO-Stuff 10k's shape (160,000 patches).
     """
+    grid = grid or PatchGrid(4, 4)
     rng = np.random.default_rng(seed)
     c = len(class_names)
     n = num_images * grid.num_patches

@@ -1,0 +1,240 @@
+"""Pieces shared by the single and the vector environment: store lookup, observations, rewards.
+
+Everything here is NumPy over a memory-mapped :class:`~misical_gym.store.FeatureStore`; nothing
+imports torch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from misical_gym.errors import StoreError
+from misical_gym.paths import default_store_path
+from misical_gym.store import GLOBAL_FEATURES, MANIFEST, FeatureStore
+
+REWARD_SCHEMES: tuple[str, ...] = ("categorical", "binary", "share", "log_count")
+DEFAULT_REWARD_BINS: tuple[float, ...] = (0.0, 0.05)
+DEFAULT_REWARD_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0)
+
+_PREPARE_HINTS = {
+    "coco10k": "misical prepare coco10k --root /path/to/cocostuff-10k-v1.1",
+    "synthetic": "misical prepare synthetic",
+}
+_open_stores: dict[str, FeatureStore] = {}
+
+
+def resolve_store(root: str | os.PathLike[str] | None, store_name: str | None) -> FeatureStore:
+    """Open the store at ``root``, else the default store called ``store_name``.
+
+    The default synthetic store is prepared on first use (offline, a few minutes, with progress
+    bars); any other missing store is an error that names the path and the command to run.
+    Opened stores are cached per process, so many environments share one memory map.
+    """
+    if root is None:
+        if store_name is None:
+            raise StoreError(
+                "this environment needs root=<path of a prepared store>, "
+                'e.g. gym.make("MiSiCAL-Store", root="~/.cache/misical/synthetic")'
+            )
+        path = default_store_path(store_name)
+        if store_name == "synthetic" and not (path / MANIFEST).is_file():
+            print(
+                f"misical: preparing the synthetic feature store at {path} (first use only)",
+                file=sys.stderr,
+            )
+            from misical_gym.prepare import prepare_synthetic  # torch only on this one-off path
+
+            prepare_synthetic(out=path)
+        elif not (path / MANIFEST).is_file():
+            hint = _PREPARE_HINTS.get(store_name, f"misical prepare {store_name} ...")
+            raise StoreError(
+                f"no prepared {store_name!r} feature store at {path} (the default location: "
+                "$MISICAL_HOME/<name>, else ~/.cache/misical/<name>). Download the dataset, then "
+                f"run `{hint}` once, or pass root=<path of a prepared store>."
+            )
+    else:
+        path = Path(root).expanduser()
+    key = str(path.resolve())
+    if key not in _open_stores:
+        _open_stores[key] = FeatureStore.open(path)
+    return _open_stores[key]
+
+
+def resolve_target(store: FeatureStore, target: str | int, split_ids: np.ndarray) -> int | None:
+    """A fixed target's class index, or None for ``"random"`` (a new target every episode).
+
+    ``"default"`` is the store's first designed rare class, else ``skis`` (the class the paper
+    highlights) when the store has it, else the rarest class that occurs in the split.
+    """
+    if isinstance(target, str) and target == "random":
+        return None
+    if isinstance(target, str) and target == "default":
+        if store.rare_classes:
+            return int(store.rare_classes[0])
+        if "skis" in store.class_names:
+            return store.class_names.index("skis")
+        freq = (np.asarray(store.counts[split_ids]) > 0).sum(axis=0)
+        return int(np.argmin(np.where(freq > 0, freq, np.iinfo(np.int64).max)))
+    return store.class_index(target)
+
+
+def targets_present(store: FeatureStore, split_ids: np.ndarray) -> np.ndarray:
+    """Class indices with at least one labelled pixel in the split: the draws of ``"random"``."""
+    present = np.flatnonzero((np.asarray(store.counts[split_ids]) > 0).any(axis=0))
+    if present.size == 0:
+        raise StoreError(f"{store.path}: no class occurs in this split, so no target can be drawn")
+    return present
+
+
+class RewardFunction:
+    """Maps the chosen patch's oracle count of the target to a reward.
+
+    Schemes:
+        ``categorical``: the target's pixel share falls into ordered bins; share ``s`` is in bin
+        ``k`` when ``bins[k-1] < s <= bins[k]`` (bin 0 is ``s <= bins[0]``; the last bin is
+        ``s > bins[-1]``), and earns ``values[k]``. The defaults give 0 for absent, 0.5 for
+        present and 1 for substantial (share above 5%).
+        ``binary``: 1 when the target is present, else 0.
+        ``share``: the target's pixel share of the patch, in [0, 1].
+        ``log_count``: ``log1p(target pixels)``.
+    """
+
+    def __init__(
+        self,
+        scheme: str = "categorical",
+        bins: Sequence[float] = DEFAULT_REWARD_BINS,
+        values: Sequence[float] = DEFAULT_REWARD_VALUES,
+    ) -> None:
+        if scheme not in REWARD_SCHEMES:
+            raise ValueError(
+                f"unknown reward {scheme!r}; choose one of {', '.join(REWARD_SCHEMES)}"
+            )
+        self.scheme = scheme
+        self.bins = np.asarray(bins, dtype=np.float64)
+        self.values = np.asarray(values, dtype=np.float64)
+        if scheme == "categorical":
+            if self.bins.ndim != 1 or self.bins.size < 1 or np.any(np.diff(self.bins) <= 0):
+                raise ValueError(f"reward_bins must be increasing share thresholds, got {bins}")
+            if self.values.shape != (self.bins.size + 1,) or not np.all(np.isfinite(self.values)):
+                raise ValueError(
+                    f"reward_values needs len(reward_bins) + 1 = {self.bins.size + 1} finite "
+                    f"values, got {values}"
+                )
+
+        self._bins_list = self.bins.tolist()
+        self._values_list = self.values.tolist()
+
+    def range(self, max_patch_area: int) -> tuple[float, float]:
+        """The lowest and highest reward this function can give."""
+        if self.scheme == "categorical":
+            return float(self.values.min()), float(self.values.max())
+        if self.scheme == "log_count":
+            return 0.0, math.log1p(max_patch_area)
+        return 0.0, 1.0
+
+    def scalar(self, count: int, area: int) -> float:
+        """One patch's reward: the numbers of :meth:`__call__` at a fraction of the cost."""
+        if self.scheme == "binary":
+            return float(count > 0)
+        if self.scheme == "log_count":
+            return math.log1p(count)
+        share = count / max(area, 1)
+        if self.scheme == "share":
+            return share
+        return self._values_list[bisect.bisect_left(self._bins_list, share)]
+
+    def __call__(self, count: np.ndarray, area: np.ndarray) -> np.ndarray:
+        """Rewards for target pixel counts ``count`` in patches of ``area`` pixels."""
+        count = np.asarray(count, dtype=np.float64)
+        if self.scheme == "binary":
+            return (count > 0).astype(np.float64)
+        if self.scheme == "log_count":
+            return np.log1p(count)
+        share = count / np.maximum(area, 1)
+        if self.scheme == "share":
+            return share
+        return self.values[np.searchsorted(self.bins, share, side="left")]
+
+
+class ObservationBuilder:
+    """Builds per-candidate observation rows from store ids.
+
+    Columns of a candidate's row, in order:
+        ``bald_mean, bald_max, entropy_mean``: class-agnostic uncertainty of the patch;
+        ``presence:<class>`` for every class: mean predicted probability over the patch;
+        ``target_presence``, ``target_class_bald``: the target's own presence and one-vs-rest
+        BALD, so a policy trained on one target transfers its meaning to another;
+        ``budget_left``: the fraction of the episode's budget still to spend;
+        ``target:<class>`` one-hot (only with ``target_onehot``), for goal-conditioned agents.
+
+    An empty slot (store id -1) is all zeros. No oracle count ever enters a row.
+    """
+
+    def __init__(self, store: FeatureStore, target_onehot: bool) -> None:
+        self.store = store
+        # A plain ndarray view of the memory map: NumPy's memmap subclass slows every gather.
+        self.features = np.asarray(store.features)
+        c = store.num_classes
+        self.num_base = len(GLOBAL_FEATURES) + c
+        self.target_onehot = target_onehot
+        names = [*store.feature_names[: self.num_base], "target_presence", "target_class_bald"]
+        names.append("budget_left")
+        if target_onehot:
+            names += [f"target:{name}" for name in store.class_names]
+        self.names: tuple[str, ...] = tuple(names)
+        entropy_max = math.log(max(c, 2))
+        high = np.ones(len(names), dtype=np.float32)
+        high[: len(GLOBAL_FEATURES)] = entropy_max
+        high[self.num_base + 1] = math.log(2)
+        self.low = np.zeros(len(names), dtype=np.float32)
+        self.high = high
+
+    @property
+    def num_features(self) -> int:
+        return len(self.names)
+
+    def build(
+        self, candidate_ids: np.ndarray, target: np.ndarray | int, budget_left: np.ndarray | float
+    ) -> np.ndarray:
+        """Observation rows ``[..., K, F]`` for candidate ids ``[..., K]`` (-1 = empty slot).
+
+        ``target`` and ``budget_left`` (a fraction) broadcast over the leading dimensions.
+        """
+        ids = np.asarray(candidate_ids, dtype=np.int64)
+        # An empty slot (-1) takes the last row, like Python indexing; it is zeroed below.
+        rows = np.take(self.features, ids, axis=0)  # [..., K, 3 + 2C]
+        out = np.empty((*ids.shape, self.num_features), dtype=np.float32)
+        g, nb = len(GLOBAL_FEATURES), self.num_base
+        out[..., :nb] = rows[..., :nb]
+        if isinstance(target, int | np.integer):  # one target for every row: the fast path
+            out[..., nb] = rows[..., g + target]
+            out[..., nb + 1] = rows[..., nb + target]
+        else:
+            target = np.asarray(target, dtype=np.int64)
+            t = np.broadcast_to(_trailing(target, ids.ndim)[..., None], (*ids.shape, 1))
+            out[..., nb] = np.take_along_axis(rows, g + t, axis=-1)[..., 0]
+            out[..., nb + 1] = np.take_along_axis(rows, nb + t, axis=-1)[..., 0]
+        if isinstance(budget_left, float | int):
+            out[..., nb + 2] = budget_left
+        else:
+            out[..., nb + 2] = _trailing(np.asarray(budget_left, dtype=np.float32), ids.ndim)
+        if self.target_onehot:
+            onehot = out[..., nb + 3 :]
+            onehot[...] = 0.0
+            t = _trailing(np.asarray(target, dtype=np.int64), ids.ndim)[..., None]
+            np.put_along_axis(onehot, np.broadcast_to(t, (*ids.shape, 1)), 1.0, axis=-1)
+        if ids.size and ids.min() < 0:
+            out[ids < 0] = 0.0
+        return out
+
+
+def _trailing(array: np.ndarray, ndim: int) -> np.ndarray:
+    """``array`` with singleton axes appended up to ``ndim``, to broadcast over trailing axes."""
+    return array.reshape(array.shape + (1,) * (ndim - array.ndim))

@@ -1,0 +1,297 @@
+"""The MiSiCAL patch-selection environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from misical_gym.envs.core import (
+    DEFAULT_REWARD_BINS,
+    DEFAULT_REWARD_VALUES,
+    ObservationBuilder,
+    RewardFunction,
+    resolve_store,
+    resolve_target,
+    targets_present,
+)
+from misical_gym.store import FeatureStore
+
+SELECTION_SPLITS: tuple[str, ...] = ("init", "pool")
+
+
+class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
+    """Pick image patches to annotate so that one target class gains as many pixels as possible.
+
+    ## Description
+
+    MiSiCAL ("Mining of Single-Class by Active Learning") casts class-targeted active learning for
+    semantic segmentation as a sequential decision problem. A segmentation model was trained once
+    on a small labelled set and frozen; with MC dropout it gave every image patch fixed features
+    (BALD uncertainty, predictive entropy and the predicted presence of every class), kept in a
+    memory-mapped feature store. Each step shows ``pool_size`` candidate patches; the agent picks
+    one to send for annotation and is rewarded by how much of the *target class* it holds. The
+    segmenter is never retrained between picks, so an episode costs only NumPy.
+
+    ## Action Space
+
+    ``Discrete(pool_size)``: the index of the candidate to annotate. When fewer than ``pool_size``
+    patches remain, the empty slots are masked (``info["action_mask"]``, :meth:`action_masks`);
+    picking one is a no-op worth 0 that still spends a unit of budget, and ``info`` says so.
+
+    ## Observation Space
+
+    ``Box(0, high, (pool_size * F,), float32)`` (or ``(pool_size, F)`` with ``flatten=False``):
+    one row of F features per candidate, ``candidate_shape == (pool_size, F)``. The columns
+    (``feature_names``) are ``bald_mean``, ``bald_max``, ``entropy_mean``, ``presence:<class>``
+    for every class, ``target_presence``, ``target_class_bald`` and ``budget_left`` (the fraction
+    of the budget still to spend), plus a one-hot ``target:<class>`` block when
+    ``target_onehot``. Empty slots are all zeros. Oracle counts never appear.
+
+    ## Rewards
+
+    From the chosen patch's oracle pixel count of the target (see
+    :class:`~misical_gym.envs.core.RewardFunction`): ``categorical`` by default (absent 0,
+    present 0.5, substantial 1: share above 5% of the patch), or ``binary``, ``share``
+    (continuous pixel share) or ``log_count`` (``log1p`` of the pixel count).
+
+    ## Starting State
+
+    The episode's pool is every patch of ``split``; ``pool_size`` candidates are drawn from it
+    uniformly without replacement. With ``target_class="random"`` a target is drawn uniformly
+    from the classes that occur in the split.
+
+    ## Episode End
+
+    ``terminated`` once ``budget`` patches have been picked: the budget is part of the task.
+    The environment never truncates on its own.
+
+    ## Arguments
+
+    ```python
+    import gymnasium as gym
+    import misical_gym
+
+    env = gym.make("MiSiCAL-Synthetic", target_class="skis", budget=32, pool_size=32)
+    ```
+
+    * ``root``: path of a prepared store; by default the id's own store under ``$MISICAL_HOME``
+      (else ``~/.cache/misical``). ``MiSiCAL-Synthetic`` prepares its store on first use.
+    * ``target_class``: a class name or index, ``"random"`` (a new target every episode) or
+      ``"default"`` (the store's first designed rare class, else ``skis``).
+    * ``budget``: patches picked per episode (default 32).
+    * ``pool_size``: candidates shown per step, K (default 32).
+    * ``split``: ``"init"`` (labels known: pretraining) or ``"pool"`` (deployment).
+    * ``reward``, ``reward_bins``, ``reward_values``: the reward scheme and its categorical bins.
+    * ``flatten``: flat observations (default True) for SB3's MLP policies.
+    * ``target_onehot``: append a one-hot of the target to each row; defaults to True exactly
+      when ``target_class="random"``.
+    * ``render_mode``: ``"ansi"`` (a text summary of the episode).
+
+    ## Version History
+
+    * v0: initial release (ids are unversioned: ``MiSiCAL-COCO10k``, ``MiSiCAL-Synthetic``,
+      ``MiSiCAL-Store``).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        store_name: str | None = None,
+        target_class: str | int = "default",
+        budget: int = 32,
+        pool_size: int = 32,
+        split: str = "init",
+        reward: str = "categorical",
+        reward_bins: Sequence[float] = DEFAULT_REWARD_BINS,
+        reward_values: Sequence[float] = DEFAULT_REWARD_VALUES,
+        flatten: bool = True,
+        target_onehot: bool | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        _check_positive_int("budget", budget)
+        _check_positive_int("pool_size", pool_size)
+        if split not in SELECTION_SPLITS:
+            raise ValueError(
+                f"split must be one of {', '.join(SELECTION_SPLITS)} (test patches are for "
+                f"measuring the segmenter, not for selection), got {split!r}"
+            )
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None, "
+                f"got {render_mode!r}"
+            )
+        self.store: FeatureStore = resolve_store(root, store_name)
+        self.split = split
+        self.split_ids = self.store.split_ids(split)
+        if self.split_ids.size == 0:
+            raise ValueError(f"split {split!r} of {self.store.path} holds no patches")
+        self.budget = int(budget)
+        self.pool_size = int(pool_size)
+        self.flatten = bool(flatten)
+        self.render_mode = render_mode
+        self.fixed_target = resolve_target(self.store, target_class, self.split_ids)
+        self.random_targets = targets_present(self.store, self.split_ids)
+        if target_onehot is None:
+            target_onehot = self.fixed_target is None
+        self.reward_fn = RewardFunction(reward, reward_bins, reward_values)
+        self.builder = ObservationBuilder(self.store, bool(target_onehot))
+        self.candidate_shape: tuple[int, int] = (self.pool_size, self.builder.num_features)
+        self.feature_names = self.builder.names
+        low = np.broadcast_to(self.builder.low, self.candidate_shape)
+        high = np.broadcast_to(self.builder.high, self.candidate_shape)
+        if self.flatten:
+            low, high = low.ravel(), high.ravel()
+        self.observation_space = spaces.Box(low.copy(), high.copy(), dtype=np.float32)
+        self.action_space = spaces.Discrete(self.pool_size)
+        self.reward_range = self.reward_fn.range(int(self.store.areas.max()))
+        self._areas = self.store.areas
+        self._counts = self.store.counts
+        self._remaining = np.empty(0, dtype=np.int64)
+        self._num_remaining = 0
+        self._positions = np.empty(0, dtype=np.int64)
+        self._candidates = np.full(self.pool_size, -1, dtype=np.int64)
+        self._mask = np.zeros(self.pool_size, dtype=np.int8)
+        self._budget_left = 0
+        self.target = -1
+        self._target_pixels_total = 0
+        self._last_patch = -1
+
+    # ------------------------------------------------------------------ Gymnasium API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode; ``options={"target_class": ...}`` overrides the target for it."""
+        super().reset(seed=seed)
+        options = options or {}
+        if "target_class" in options:
+            chosen = resolve_target(self.store, options["target_class"], self.split_ids)
+        else:
+            chosen = self.fixed_target
+        if chosen is None:
+            chosen = int(self.np_random.choice(self.random_targets))
+        self.target = chosen
+        self._remaining = self.split_ids.copy()
+        self._num_remaining = self._remaining.size
+        self._budget_left = self.budget
+        self._target_pixels_total = 0
+        self._last_patch = -1
+        self._mask = np.ones(self.pool_size, dtype=np.int8)
+        self._draw_candidates()
+        return self._observation(), self._info(patch_id=-1, target_pixels=0, masked=False)
+
+    def step(
+        self, action: np.int64 | int
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._budget_left <= 0:
+            raise RuntimeError("the episode is over (budget spent): call reset() first")
+        a = int(action)
+        if not 0 <= a < self.pool_size or a != action:
+            raise ValueError(f"action {action!r} is outside Discrete({self.pool_size})")
+        masked = not self._mask[a]
+        if masked:
+            patch_id, pixels, reward = -1, 0, 0.0
+        else:
+            patch_id = int(self._candidates[a])
+            pixels = int(self._counts[patch_id, self.target])
+            reward = self.reward_fn.scalar(pixels, int(self._areas[patch_id]))
+            # The chosen patch leaves the pool: swap it with the last remaining one.
+            pos = self._positions[a]
+            self._num_remaining -= 1
+            self._remaining[pos] = self._remaining[self._num_remaining]
+        self._budget_left -= 1
+        self._target_pixels_total += pixels
+        self._last_patch = patch_id
+        terminated = self._budget_left == 0
+        self._draw_candidates()
+        info = self._info(patch_id=patch_id, target_pixels=pixels, masked=masked)
+        return self._observation(), reward, terminated, False, info
+
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode == "ansi":
+            return self._render_text()
+        return None
+
+    # ------------------------------------------------------------------ MiSiCAL API
+    def action_masks(self) -> np.ndarray:
+        """Boolean ``[pool_size]`` mask of the candidate slots that hold a patch."""
+        return self._mask.astype(bool)
+
+    def compact_state(self) -> np.ndarray:
+        """int64 ``[pool_size + 2]``: candidate store ids (-1 = empty), target, budget left.
+
+        With :meth:`observation_from_compact` this lets an agent keep ids instead of
+        observations (a few hundred bytes per transition instead of tens of kilobytes).
+        """
+        return np.concatenate([self._candidates, [self.target, self._budget_left]])
+
+    def observation_from_compact(self, compact: np.ndarray) -> np.ndarray:
+        """Rebuild observations from compact states ``[..., pool_size + 2]`` (a batch or one)."""
+        compact = np.asarray(compact, dtype=np.int64)
+        k = self.pool_size
+        if compact.shape[-1] != k + 2:
+            raise ValueError(f"compact states end in {k + 2} values, got shape {compact.shape}")
+        obs = self.build_observation(
+            compact[..., :k], compact[..., k], compact[..., k + 1] / self.budget
+        )
+        return obs
+
+    def build_observation(
+        self, candidate_ids: np.ndarray, target: np.ndarray | int, budget_left: np.ndarray | float
+    ) -> np.ndarray:
+        """The observation for candidate store ids (-1 = empty), a target and a budget fraction.
+
+        Works on a batch (leading dimensions broadcast) and honours ``flatten``.
+        """
+        rows = self.builder.build(candidate_ids, target, budget_left)
+        return rows.reshape(*rows.shape[:-2], -1) if self.flatten else rows
+
+    # ------------------------------------------------------------------ internals
+    def _draw_candidates(self) -> None:
+        k = min(self.pool_size, self._num_remaining)
+        self._positions = self.np_random.choice(self._num_remaining, size=k, replace=False)
+        if k == self.pool_size:
+            self._candidates = self._remaining[self._positions]
+        else:  # fewer patches left than slots: pad with empty, masked slots
+            self._candidates = np.full(self.pool_size, -1, dtype=np.int64)
+            self._candidates[:k] = self._remaining[self._positions]
+            self._mask = (self._candidates >= 0).astype(np.int8)
+
+    def _observation(self) -> np.ndarray:
+        return self.build_observation(
+            self._candidates, self.target, self._budget_left / self.budget
+        )
+
+    def _info(self, *, patch_id: int, target_pixels: int, masked: bool) -> dict[str, Any]:
+        return {
+            "action_mask": self._mask.copy(),
+            "candidate_ids": self._candidates.copy(),
+            "target_class": self.target,
+            "patch_id": patch_id,
+            "target_pixels": target_pixels,
+            "masked_action": masked,
+            "budget_left": self._budget_left,
+        }
+
+    def _render_text(self) -> str:
+        name = self.store.class_names[self.target] if self.target >= 0 else "-"
+        last = "none" if self._last_patch < 0 else f"patch {self._last_patch}"
+        return (
+            f"MiSiCAL[{self.store.path.name}/{self.split}] target={name!r} "
+            f"budget_left={self._budget_left}/{self.budget} "
+            f"target_pixels={self._target_pixels_total} last_pick={last} "
+            f"candidates={int(self._mask.sum())}/{self.pool_size} "
+            f"remaining={self._num_remaining}"
+        )
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

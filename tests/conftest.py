@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny feature stores written once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from misical_gym.data.classes import COCO_STUFF_CLASSES
+from misical_gym.store import FeatureStore
+from misical_gym.testing import write_random_store
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
+    """8 classes, 40 images x 16 patches: a few hundred patches per split."""
+    return write_random_store(tmp_path_factory.mktemp("stores") / "tiny", num_images=40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def coco_shaped_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
+    """COCO-Stuff's 171 classes (so ``skis`` exists) over a few images."""
+    return write_random_store(
+        tmp_path_factory.mktemp("stores") / "coco10k",
+        num_images=24,
+        class_names=COCO_STUFF_CLASSES,
+        seed=1,
+    )
+
+
+@pytest.fixture()
+def misical_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ``$MISICAL_HOME`` so no test reads or writes the user's cache."""
+    monkeypatch.setenv("MISICAL_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
