@@ -67,7 +67,7 @@ def resolve_store(root: str | os.PathLike[str] | None, store_name: str | None) -
     return _open_stores[key]
 
 
-def resolve_target(store: FeatureStore, target: str | int, split_ids: np.ndarray) -> int | None:
+def resolve_target(store: FeatureStore, target: str | int, split: str) -> int | None:
     """A fixed target's class index, or None for ``"random"`` (a new target every episode).
 
     ``"default"`` is the store's first designed rare class, else ``skis`` (the class the paper
@@ -80,14 +80,14 @@ def resolve_target(store: FeatureStore, target: str | int, split_ids: np.ndarray
             return int(store.rare_classes[0])
         if "skis" in store.class_names:
             return store.class_names.index("skis")
-        freq = (np.asarray(store.counts[split_ids]) > 0).sum(axis=0)
+        freq = store.class_patches(split)
         return int(np.argmin(np.where(freq > 0, freq, np.iinfo(np.int64).max)))
     return store.class_index(target)
 
 
-def targets_present(store: FeatureStore, split_ids: np.ndarray) -> np.ndarray:
+def targets_present(store: FeatureStore, split: str) -> np.ndarray:
     """Class indices with at least one labelled pixel in the split: the draws of ``"random"``."""
-    present = np.flatnonzero((np.asarray(store.counts[split_ids]) > 0).any(axis=0))
+    present = np.flatnonzero(store.class_patches(split) > 0)
     if present.size == 0:
         raise StoreError(f"{store.path}: no class occurs in this split, so no target can be drawn")
     return present

@@ -137,8 +137,8 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         self.pool_size = int(pool_size)
         self.flatten = bool(flatten)
         self.render_mode = render_mode
-        self.fixed_target = resolve_target(self.store, target_class, self.split_ids)
-        self.random_targets = targets_present(self.store, self.split_ids)
+        self.fixed_target = resolve_target(self.store, target_class, split)
+        self.random_targets = targets_present(self.store, split)
         if target_onehot is None:
             target_onehot = self.fixed_target is None
         self.reward_fn = RewardFunction(reward, reward_bins, reward_values)
@@ -172,7 +172,7 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         super().reset(seed=seed)
         options = options or {}
         if "target_class" in options:
-            chosen = resolve_target(self.store, options["target_class"], self.split_ids)
+            chosen = resolve_target(self.store, options["target_class"], self.split)
         else:
             chosen = self.fixed_target
         if chosen is None:

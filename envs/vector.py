@@ -82,8 +82,8 @@ class MiSiCALVectorEnv(VectorEnv):
         self.candidate_shape = t.candidate_shape
         self.feature_names = t.feature_names
         self.split_ids = t.split_ids
-        self.fixed_target = resolve_target(self.store, target_class, self.split_ids)
-        self.random_targets = targets_present(self.store, self.split_ids)
+        self.fixed_target = resolve_target(self.store, target_class, split)
+        self.random_targets = targets_present(self.store, split)
         self.builder: ObservationBuilder = t.builder
         self.reward_fn: RewardFunction = t.reward_fn
         self.single_observation_space = t.observation_space

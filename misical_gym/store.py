@@ -262,6 +262,13 @@ class FeatureStore:
             or (p[:, 3] >= len(SPLITS)).any()
         ):
             raise StoreError("patches hold an image index, grid cell or split code out of range")
+        # Per split, how many patches hold each class: inspect and target draws read this
+        # instead of scanning the counts.
+        present = arrays["counts"] > 0
+        class_patches = {
+            split: present[p[:, 3] == code].sum(axis=0).tolist()
+            for code, split in enumerate(SPLITS)
+        }
         manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -272,6 +279,7 @@ class FeatureStore:
             "feature_names": list(feature_names),
             "num_patches": n,
             "image_ids": [str(i) for i in image_ids],
+            "class_patches": class_patches,
             "segmenter": dict(segmenter) if segmenter else None,
             "config": dict(config or {}),
             "arrays": {},
@@ -346,6 +354,11 @@ class FeatureStore:
         if split not in cache:
             cache[split] = np.flatnonzero(self.split_codes == SPLITS.index(split))
         return cache[split]
+
+    def class_patches(self, split: str) -> np.ndarray:
+        """``[C]`` number of patches of ``split`` that hold each class (from the manifest)."""
+        self.split_ids(split)  # validates the name
+        return np.asarray(self.manifest["class_patches"][split], dtype=np.int64)
 
     def boxes(self, patch_ids: np.ndarray | Sequence[int]) -> np.ndarray:
         """``[n, 4]`` int64 boxes ``(y0, x0, y1, x1)`` of the given patches in their images."""
