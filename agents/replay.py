@@ -1,0 +1,441 @@
+"""n-step proportional prioritized replay (Schaul et al., 2016) on a compiled sum tree.
+
+Storage is one ring of ``capacity`` slots, each a single record: an observation, the valid-action
+mask at that observation and, if a step was taken from it, the step's action, n-step return,
+discount and bootstrap offset ``k``. The step's bootstrap observation is simply slot ``s + k``:
+the observation of the step ``k`` later or, at an episode end, one extra slot holding the
+episode's final ``next_obs``. Every observation is therefore stored once, ``next_obs`` costs
+memory only at episode ends, and a sampled transition is read from two nearby records, which is
+what makes sampling from a large buffer fast (one cache miss per record, not one per field).
+
+A step becomes sampleable (enters the tree at the running max priority) only once its n-step
+window is closed: ``n_step`` steps have followed it in its episode, or its episode has ended.
+Windows that are still open are never sampled, so a window never crosses an episode end or the
+write pointer, and its contents never change after it enters the tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit
+
+from misical_gym.agents.sum_tree import SumTree
+
+_STATE_VERSION = 1
+
+
+class ReplaySample(NamedTuple):
+    """A batch of n-step transitions.
+
+    Attributes:
+        obs: ``[B, *obs_shape]`` observations, in the buffer's ``obs_dtype``.
+        actions: ``[B]`` int64 actions.
+        returns: ``[B]`` float32 discounted reward sums over each window.
+        next_obs: ``[B, *obs_shape]`` bootstrap observations (after the window's last step).
+        discounts: ``[B]`` float32 ``gamma**k`` for a window of true length ``k``; 0.0 if the
+            window ended in a termination.
+        next_action_masks: ``[B, num_actions]`` bool valid actions at the bootstrap observation.
+        weights: ``[B]`` float32 importance-sampling weights, largest equal to 1.
+        indices: ``[B]`` int64 buffer slots, for :meth:`update_priorities`.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    returns: np.ndarray
+    next_obs: np.ndarray
+    discounts: np.ndarray
+    next_action_masks: np.ndarray
+    weights: np.ndarray
+    indices: np.ndarray
+
+
+@njit(cache=True)
+def _gather_rows(
+    raw: np.ndarray, indices: np.ndarray, boot_byte: int, rows: np.ndarray, next_rows: np.ndarray
+) -> None:
+    # Copy the records of the sampled slots and of their bootstrap slots as raw bytes; the
+    # bootstrap slot is at most n_step records further, so it is usually in cache already.
+    capacity = raw.shape[0]
+    for i in range(indices.shape[0]):
+        slot = indices[i]
+        rows[i] = raw[slot]
+        boot = slot + raw[slot, boot_byte]
+        if boot >= capacity:
+            boot -= capacity
+        next_rows[i] = raw[boot]
+
+
+class NStepPrioritizedReplayBuffer:
+    """Proportional prioritized replay of n-step transitions.
+
+    ``capacity`` counts observation slots: one per step, plus one per episode end for the final
+    ``next_obs``. A full buffer thus holds ``capacity`` minus the number of episode ends it
+    contains transitions; the oldest slot is overwritten first.
+
+    IS weights are normalised by the largest weight in the sampled batch, so each batch's
+    largest weight is exactly 1.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        num_actions: int,
+        n_step: int = 3,
+        gamma: float = 0.99,
+        alpha: float = 0.6,
+        eps: float = 1e-6,
+        obs_dtype: np.dtype | type = np.float32,
+    ) -> None:
+        """Allocate an empty buffer.
+
+        Args:
+            capacity: Observation slots; must exceed ``n_step``.
+            obs_shape: Shape of one observation.
+            num_actions: Size of the discrete action space.
+            n_step: Window length of the n-step return, at least 1.
+            gamma: Discount factor in ``[0, 1]``.
+            alpha: Priority exponent, at least 0 (0 gives uniform sampling).
+            eps: Added to ``|td_error|`` before the power, at least 0.
+            obs_dtype: Storage dtype of observations, e.g. a compact integer encoding.
+
+        Raises:
+            ValueError: If an argument is out of range.
+        """
+        if not isinstance(n_step, int | np.integer) or n_step < 1:
+            raise ValueError(f"n_step must be a positive integer, got {n_step!r}")
+        if not isinstance(capacity, int | np.integer) or capacity <= n_step:
+            raise ValueError(f"capacity must be an integer above n_step={n_step}, got {capacity!r}")
+        if not isinstance(num_actions, int | np.integer) or num_actions < 1:
+            raise ValueError(f"num_actions must be a positive integer, got {num_actions!r}")
+        if n_step > np.iinfo(np.uint8).max:
+            raise ValueError(f"n_step must be at most 255, got {n_step}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        if not (alpha >= 0.0 and np.isfinite(alpha)):
+            raise ValueError(f"alpha must be finite and non-negative, got {alpha}")
+        if not (eps >= 0.0 and np.isfinite(eps)):
+            raise ValueError(f"eps must be finite and non-negative, got {eps}")
+        self.capacity = int(capacity)
+        self.obs_shape = tuple(int(d) for d in obs_shape)
+        self.num_actions = int(num_actions)
+        self.n_step = int(n_step)
+        self.gamma = float(gamma)
+        self.alpha = float(alpha)
+        self.eps = float(eps)
+        self.obs_dtype = np.dtype(obs_dtype)
+
+        self._record = np.dtype(
+            [
+                ("obs", self.obs_dtype, self.obs_shape),
+                ("mask", np.bool_, (self.num_actions,)),
+                ("action", np.min_scalar_type(self.num_actions - 1)),
+                ("return", np.float32),
+                ("discount", np.float32),
+                # Bootstrap offset k of a sampleable step; 0 marks a slot that is not sampleable.
+                ("boot", np.uint8),
+            ]
+        )
+        # One byte matrix, with a record view for field access by name.
+        self._raw = np.zeros((self.capacity, self._record.itemsize), dtype=np.uint8)
+        self._slots = self._raw.view(self._record).reshape(self.capacity)
+        self._tree = SumTree(self.capacity)
+        self._max_priority = 1.0
+        self._num_sampleable = 0
+        self._rng = np.random.default_rng()
+
+        # Write state: the slot of the next step's observation, whether that slot already holds
+        # it (the previous step's next_obs), and the rewards of the steps whose window is open.
+        self._cursor = 0
+        self._in_episode = False
+        self._open_rewards: list[float] = []
+        self._all_valid = np.ones(self.num_actions, dtype=bool)
+        self._is_float = self.obs_dtype.kind in "fc"
+
+    def __len__(self) -> int:
+        """Number of sampleable transitions."""
+        return self._num_sampleable
+
+    @property
+    def memory_bytes_per_transition(self) -> float:
+        """Bytes allocated per slot: its record plus its share of the sum tree."""
+        return self._slots.itemsize + self._tree.nbytes / self.capacity
+
+    def add(
+        self,
+        obs: np.ndarray,
+        action: int,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        truncated: bool,
+        next_action_mask: np.ndarray | None = None,
+    ) -> None:
+        """Store one environment step.
+
+        Within an episode, ``obs`` must equal the previous call's ``next_obs``; after a call
+        with ``terminated`` or ``truncated``, the next call starts a new episode.
+
+        Args:
+            obs: Observation the action was taken in.
+            action: Discrete action in ``[0, num_actions)``.
+            reward: Finite reward.
+            next_obs: Observation after the step (the final one if the episode ended).
+            terminated: The episode reached a terminal state (no bootstrap).
+            truncated: The episode was cut off (bootstrap from ``next_obs``).
+            next_action_mask: ``[num_actions]`` bool valid actions at ``next_obs``; all valid
+                when omitted.
+
+        Raises:
+            ValueError: On a shape mismatch, an action out of range, a non-finite reward or an
+                ``obs`` that does not continue the episode.
+        """
+        obs = self._check_obs(obs, "obs")
+        next_obs = self._check_obs(next_obs, "next_obs")
+        if next_action_mask is None:
+            mask = self._all_valid
+        else:
+            mask = np.asarray(next_action_mask, dtype=bool)
+            if mask.shape != (self.num_actions,):
+                raise ValueError(
+                    f"next_action_mask must have shape ({self.num_actions},), got {mask.shape}"
+                )
+        action = int(action)
+        if not 0 <= action < self.num_actions:
+            raise ValueError(f"action must lie in [0, {self.num_actions}), got {action}")
+        reward = float(reward)
+        if not np.isfinite(reward):
+            raise ValueError(f"reward must be finite, got {reward}")
+
+        # Tree writes of this step (slots leaving and entering the tree), applied as one batch.
+        tree_slots: list[int] = []
+        tree_priorities: list[float] = []
+        slots = self._slots
+        slot = self._cursor
+        if self._in_episode:
+            stored = slots["obs"][slot]
+            if not ((stored == obs).all() or np.array_equal(stored, obs, equal_nan=self._is_float)):
+                raise ValueError(
+                    "obs differs from the previous step's next_obs, but the previous step did not "
+                    "end the episode; pass terminated or truncated at episode ends"
+                )
+        else:
+            self._invalidate(slot, tree_slots, tree_priorities)
+            slots["obs"][slot] = obs
+        slots["action"][slot] = action
+        next_slot = (slot + 1) % self.capacity
+        self._invalidate(next_slot, tree_slots, tree_priorities)
+        slots["obs"][next_slot] = next_obs
+        slots["mask"][next_slot] = mask
+
+        self._open_rewards.append(reward)
+        if terminated or truncated:
+            # Close every open window; each ends here with its true length k.
+            first = slot - len(self._open_rewards) + 1
+            for j in range(len(self._open_rewards)):
+                self._close((first + j) % self.capacity, j, terminated, tree_slots, tree_priorities)
+            self._open_rewards.clear()
+            self._cursor = (next_slot + 1) % self.capacity
+            self._in_episode = False
+        else:
+            if len(self._open_rewards) == self.n_step:
+                first = (slot - self.n_step + 1) % self.capacity
+                self._close(first, 0, False, tree_slots, tree_priorities)
+                del self._open_rewards[0]
+            self._cursor = next_slot
+            self._in_episode = True
+        if tree_slots:
+            self._tree.update(np.array(tree_slots), np.array(tree_priorities))
+
+    def sample(
+        self, batch_size: int, beta: float, rng: np.random.Generator | None = None
+    ) -> ReplaySample:
+        """Draw a stratified batch with probability proportional to priority.
+
+        The priority mass is cut into ``batch_size`` equal strata and one transition is drawn
+        uniformly by mass inside each, so a batch covers the distribution evenly.
+
+        Args:
+            batch_size: Number of transitions, at least 1.
+            beta: IS exponent, at least 0 (the agent anneals it towards 1).
+            rng: Random generator; the buffer's own (saved in :meth:`state_dict`) when omitted.
+
+        Returns:
+            The batch; the same slot may appear more than once.
+
+        Raises:
+            ValueError: If the buffer has no sampleable transition or an argument is invalid.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not beta >= 0.0:
+            raise ValueError(f"beta must be non-negative, got {beta}")
+        if self._num_sampleable == 0:
+            raise ValueError(
+                "the buffer has no sampleable transition yet (a step is sampleable once its "
+                "n-step window has closed)"
+            )
+        rng = self._rng if rng is None else rng
+        strata = (np.arange(batch_size) + rng.random(batch_size)) * (self._tree.total / batch_size)
+        indices = self._tree.find(strata)
+        rows = np.empty((batch_size, self._record.itemsize), dtype=np.uint8)
+        next_rows = np.empty_like(rows)
+        _gather_rows(self._raw, indices, self._record.fields["boot"][1], rows, next_rows)
+        # (N * P(i))**-beta over the batch's largest weight is (p_min / p_i)**beta: N and the
+        # total cancel, which saves two roundings.
+        priorities = self._tree[indices]
+        weights = (priorities.min() / priorities) ** beta
+        return ReplaySample(
+            obs=self._column(rows, "obs"),
+            actions=self._column(rows, "action").astype(np.int64),
+            returns=self._column(rows, "return"),
+            next_obs=self._column(next_rows, "obs"),
+            discounts=self._column(rows, "discount"),
+            next_action_masks=self._column(next_rows, "mask"),
+            weights=weights.astype(np.float32),
+            indices=indices,
+        )
+
+    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+        """Set priorities ``(|td_error| + eps) ** alpha`` and raise the running max priority.
+
+        Indices of slots that are no longer sampleable (overwritten since they were sampled)
+        are skipped, so a stale index never revives a slot.
+
+        Args:
+            indices: Slots from :attr:`ReplaySample.indices`; if one repeats, its last TD error
+                wins.
+            td_errors: Finite TD errors, one per index.
+
+        Raises:
+            ValueError: On mismatched lengths, an index out of range or a non-finite TD error.
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        td_errors = np.asarray(td_errors, dtype=np.float64).reshape(-1)
+        if indices.shape != td_errors.shape:
+            raise ValueError(
+                f"got {indices.size} indices but {td_errors.size} TD errors; they must match"
+            )
+        if indices.size == 0:
+            return
+        if indices.min() < 0 or indices.max() >= self.capacity:
+            raise ValueError(f"indices must lie in [0, {self.capacity})")
+        priorities = (np.abs(td_errors) + self.eps) ** self.alpha
+        live = self._slots["boot"][indices] > 0
+        if not live.all():
+            indices, priorities = indices[live], priorities[live]
+        if indices.size == 0:
+            return
+        self._tree.update(indices, priorities)  # rejects non-finite priorities
+        self._max_priority = max(self._max_priority, float(priorities.max()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return a copy of the full state: config, storage, tree, write state and RNG."""
+        return {
+            "version": _STATE_VERSION,
+            "config": self._config(),
+            "slots": self._raw.copy(),
+            "tree": self._tree.state_dict(),
+            "max_priority": self._max_priority,
+            "cursor": self._cursor,
+            "in_episode": self._in_episode,
+            "open_rewards": list(self._open_rewards),
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` of a buffer with the same configuration.
+
+        Args:
+            state: The saved state.
+
+        Raises:
+            ValueError: If the state was made by a differently configured buffer or is malformed.
+        """
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported replay state version {state.get('version')!r}")
+        if state["config"] != self._config():
+            raise ValueError(
+                f"replay state was saved with config {state['config']}, "
+                f"but this buffer has {self._config()}"
+            )
+        raw = np.array(state["slots"], dtype=np.uint8)
+        if raw.shape != self._raw.shape:
+            raise ValueError(
+                f"replay state slots have shape {raw.shape}, expected {self._raw.shape}"
+            )
+        slots = raw.view(self._record).reshape(self.capacity)
+        tree = SumTree(self.capacity)
+        tree.load_state_dict(state["tree"])
+        sampleable = slots["boot"] > 0
+        if np.any((tree[np.arange(self.capacity)] > 0) != sampleable):
+            raise ValueError("replay state's priorities do not match its sampleable slots")
+        cursor, open_rewards = int(state["cursor"]), [float(r) for r in state["open_rewards"]]
+        if not 0 <= cursor < self.capacity or len(open_rewards) >= self.n_step:
+            raise ValueError("replay state has an invalid write position or pending window")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+
+        self._raw = raw
+        self._slots = slots
+        self._tree = tree
+        self._max_priority = float(state["max_priority"])
+        self._num_sampleable = int(sampleable.sum())
+        self._cursor = cursor
+        self._in_episode = bool(state["in_episode"])
+        self._open_rewards = open_rewards
+        self._rng = rng
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "obs_shape": list(self.obs_shape),
+            "num_actions": self.num_actions,
+            "n_step": self.n_step,
+            "gamma": self.gamma,
+            "alpha": self.alpha,
+            "eps": self.eps,
+            "obs_dtype": self.obs_dtype.str,
+        }
+
+    def _column(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """Copy field ``name`` out of gathered raw records into its own typed array."""
+        dtype, offset = self._record.fields[name][:2]
+        block = np.ascontiguousarray(rows[:, offset : offset + dtype.itemsize])
+        return block.view(dtype.base).reshape(rows.shape[0], *dtype.shape)
+
+    def _check_obs(self, obs: np.ndarray, name: str) -> np.ndarray:
+        obs = np.asarray(obs)
+        if obs.shape != self.obs_shape:
+            raise ValueError(f"{name} must have shape {self.obs_shape}, got {obs.shape}")
+        return obs.astype(self.obs_dtype, copy=False)
+
+    def _invalidate(self, slot: int, tree_slots: list[int], tree_priorities: list[float]) -> None:
+        """Make ``slot`` unsampleable before its contents are overwritten."""
+        if self._slots["boot"][slot]:
+            self._slots["boot"][slot] = 0
+            self._num_sampleable -= 1
+            tree_slots.append(slot)
+            tree_priorities.append(0.0)
+
+    def _close(
+        self,
+        slot: int,
+        first: int,
+        terminated: bool,
+        tree_slots: list[int],
+        tree_priorities: list[float],
+    ) -> None:
+        """Close the window of the step in ``slot``, whose rewards are ``open_rewards[first:]``."""
+        rewards = self._open_rewards[first:]
+        ret = 0.0
+        for reward in reversed(rewards):
+            ret = reward + self.gamma * ret
+        self._slots["return"][slot] = ret
+        self._slots["discount"][slot] = 0.0 if terminated else self.gamma ** len(rewards)
+        self._slots["boot"][slot] = len(rewards)
+        self._num_sampleable += 1
+        tree_slots.append(slot)
+        tree_priorities.append(self._max_priority)
