@@ -29,6 +29,10 @@ _STATE_VERSION = 1
 class ReplaySample(NamedTuple):
     """A batch of n-step transitions.
 
+    The fields other than ``weights`` and ``indices`` are views into the batch's own copy of the
+    sampled records, so they are strided (``torch.as_tensor`` and ``np.ascontiguousarray`` take
+    them as they are) and independent of the buffer.
+
     Attributes:
         obs: ``[B, *obs_shape]`` observations, in the buffer's ``obs_dtype``.
         actions: ``[B]`` int64 actions.
@@ -52,19 +56,68 @@ class ReplaySample(NamedTuple):
 
 
 @njit(cache=True)
-def _gather_rows(
-    raw: np.ndarray, indices: np.ndarray, boot_byte: int, rows: np.ndarray, next_rows: np.ndarray
+def _gather_records(
+    raw: np.ndarray,
+    indices: np.ndarray,
+    priorities: np.ndarray,
+    beta: float,
+    boot_at: int,
+    rows: np.ndarray,
+    next_rows: np.ndarray,
+    weights: np.ndarray,
 ) -> None:
-    # Copy the records of the sampled slots and of their bootstrap slots as raw bytes; the
-    # bootstrap slot is at most n_step records further, so it is usually in cache already.
-    capacity = raw.shape[0]
+    """Copy the sampled records and their bootstrap records; compute the IS weights."""
+    capacity, width = raw.shape
+    # Sampled records first: independent loads whose cache misses overlap. ``slot`` is held in
+    # a local because byte stores may alias anything and would otherwise force a reload of
+    # ``indices[i]`` per byte. A bootstrap record is at most n_step records further, usually on
+    # a cache line just loaded.
     for i in range(indices.shape[0]):
         slot = indices[i]
-        rows[i] = raw[slot]
-        boot = slot + raw[slot, boot_byte]
+        for c in range(width):
+            rows[i, c] = raw[slot, c]
+    for i in range(indices.shape[0]):
+        boot = indices[i] + rows[i, boot_at]
         if boot >= capacity:
             boot -= capacity
-        next_rows[i] = raw[boot]
+        for c in range(width):
+            next_rows[i, c] = raw[boot, c]
+    # (N * P(i))**-beta over the batch's largest weight is (p_min / p_i)**beta: N and the total
+    # cancel, which saves two roundings.
+    p_min = priorities.min()
+    for i in range(indices.shape[0]):
+        weights[i] = (p_min / priorities[i]) ** beta
+
+
+@njit(cache=True)
+def _td_priorities(
+    td_errors: np.ndarray,
+    eps: float,
+    alpha: float,
+    raw: np.ndarray,
+    boot_at: int,
+    indices: np.ndarray,
+    priorities: np.ndarray,
+    live: np.ndarray,
+) -> tuple[int, float]:
+    """Fill ``priorities`` and ``live`` (slot still sampleable).
+
+    Returns:
+        The number of live slots and their largest priority; the count is -1 if an index is out
+        of range and -2 if a TD error is not finite.
+    """
+    num_live, max_priority = 0, 0.0
+    for i in range(indices.shape[0]):
+        if indices[i] < 0 or indices[i] >= raw.shape[0]:
+            return -1, 0.0
+        if not np.isfinite(td_errors[i]):
+            return -2, 0.0
+        priorities[i] = (abs(td_errors[i]) + eps) ** alpha
+        live[i] = raw[indices[i], boot_at] > 0
+        if live[i]:
+            num_live += 1
+            max_priority = max(max_priority, priorities[i])
+    return num_live, max_priority
 
 
 class NStepPrioritizedReplayBuffer:
@@ -127,19 +180,22 @@ class NStepPrioritizedReplayBuffer:
         self.eps = float(eps)
         self.obs_dtype = np.dtype(obs_dtype)
 
+        # Aligned fields, widest first: a batch's fields are then aligned strided views.
         self._record = np.dtype(
             [
-                ("obs", self.obs_dtype, self.obs_shape),
-                ("mask", np.bool_, (self.num_actions,)),
-                ("action", np.min_scalar_type(self.num_actions - 1)),
+                ("action", np.int64),
                 ("return", np.float32),
                 ("discount", np.float32),
+                ("obs", self.obs_dtype, self.obs_shape),
+                ("mask", np.bool_, (self.num_actions,)),
                 # Bootstrap offset k of a sampleable step; 0 marks a slot that is not sampleable.
                 ("boot", np.uint8),
-            ]
+            ],
+            align=True,
         )
         # One byte matrix, with a record view for field access by name.
         self._raw = np.zeros((self.capacity, self._record.itemsize), dtype=np.uint8)
+        self._boot_at = self._record.fields["boot"][1]
         self._slots = self._raw.view(self._record).reshape(self.capacity)
         self._tree = SumTree(self.capacity)
         self._max_priority = 1.0
@@ -277,24 +333,23 @@ class NStepPrioritizedReplayBuffer:
                 "the buffer has no sampleable transition yet (a step is sampleable once its "
                 "n-step window has closed)"
             )
-        rng = self._rng if rng is None else rng
-        strata = (np.arange(batch_size) + rng.random(batch_size)) * (self._tree.total / batch_size)
-        indices = self._tree.find(strata)
+        indices, priorities = self._tree.sample(batch_size, self._rng if rng is None else rng)
         rows = np.empty((batch_size, self._record.itemsize), dtype=np.uint8)
         next_rows = np.empty_like(rows)
-        _gather_rows(self._raw, indices, self._record.fields["boot"][1], rows, next_rows)
-        # (N * P(i))**-beta over the batch's largest weight is (p_min / p_i)**beta: N and the
-        # total cancel, which saves two roundings.
-        priorities = self._tree[indices]
-        weights = (priorities.min() / priorities) ** beta
+        weights = np.empty(batch_size, dtype=np.float32)
+        _gather_records(
+            self._raw, indices, priorities, float(beta), self._boot_at, rows, next_rows, weights
+        )
+        records = rows.view(self._record)[:, 0]
+        next_records = next_rows.view(self._record)[:, 0]
         return ReplaySample(
-            obs=self._column(rows, "obs"),
-            actions=self._column(rows, "action").astype(np.int64),
-            returns=self._column(rows, "return"),
-            next_obs=self._column(next_rows, "obs"),
-            discounts=self._column(rows, "discount"),
-            next_action_masks=self._column(next_rows, "mask"),
-            weights=weights.astype(np.float32),
+            obs=records["obs"],
+            actions=records["action"],
+            returns=records["return"],
+            next_obs=next_records["obs"],
+            discounts=records["discount"],
+            next_action_masks=next_records["mask"],
+            weights=weights,
             indices=indices,
         )
 
@@ -318,18 +373,20 @@ class NStepPrioritizedReplayBuffer:
             raise ValueError(
                 f"got {indices.size} indices but {td_errors.size} TD errors; they must match"
             )
-        if indices.size == 0:
-            return
-        if indices.min() < 0 or indices.max() >= self.capacity:
+        priorities = np.empty(indices.size, dtype=np.float64)
+        live = np.empty(indices.size, dtype=bool)
+        num_live, max_live = _td_priorities(
+            td_errors, self.eps, self.alpha, self._raw, self._boot_at, indices, priorities, live
+        )
+        if num_live == -1:
             raise ValueError(f"indices must lie in [0, {self.capacity})")
-        priorities = (np.abs(td_errors) + self.eps) ** self.alpha
-        live = self._slots["boot"][indices] > 0
-        if not live.all():
+        if num_live == -2:
+            raise ValueError("td_errors must be finite")
+        if num_live < indices.size:
             indices, priorities = indices[live], priorities[live]
-        if indices.size == 0:
-            return
-        self._tree.update(indices, priorities)  # rejects non-finite priorities
-        self._max_priority = max(self._max_priority, float(priorities.max()))
+        if num_live:
+            self._tree.update(indices, priorities)
+            self._max_priority = max(self._max_priority, max_live)
 
     def state_dict(self) -> dict[str, Any]:
         """Return a copy of the full state: config, storage, tree, write state and RNG."""
@@ -400,16 +457,13 @@ class NStepPrioritizedReplayBuffer:
             "obs_dtype": self.obs_dtype.str,
         }
 
-    def _column(self, rows: np.ndarray, name: str) -> np.ndarray:
-        """Copy field ``name`` out of gathered raw records into its own typed array."""
-        dtype, offset = self._record.fields[name][:2]
-        block = np.ascontiguousarray(rows[:, offset : offset + dtype.itemsize])
-        return block.view(dtype.base).reshape(rows.shape[0], *dtype.shape)
-
     def _check_obs(self, obs: np.ndarray, name: str) -> np.ndarray:
         obs = np.asarray(obs)
         if obs.shape != self.obs_shape:
             raise ValueError(f"{name} must have shape {self.obs_shape}, got {obs.shape}")
+        # Refuse lossy kinds of cast (float into an integer encoding), allow narrowing precision.
+        if not np.can_cast(obs.dtype, self.obs_dtype, casting="same_kind"):
+            raise ValueError(f"{name} of dtype {obs.dtype} cannot be stored as {self.obs_dtype}")
         return obs.astype(self.obs_dtype, copy=False)
 
     def _invalidate(self, slot: int, tree_slots: list[int], tree_priorities: list[float]) -> None:

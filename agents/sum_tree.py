@@ -31,16 +31,42 @@ def _update_kernel(
             return _BAD_INDEX
         if not (priorities[i] >= 0.0 and priorities[i] < np.inf):  # also rejects NaN
             return _BAD_PRIORITY
-    # Write all leaves in order (the last write of a repeated index wins), then walk every path
-    # up. A node's last recomputation comes after the last write below it, so all sums are exact.
+    # Write all leaves in order (the last write of a repeated index wins), then recompute the
+    # touched nodes one level at a time, bottom up: each level's children are final by then.
+    # Level by level, the batch's memory accesses are independent and overlap.
+    nodes = np.empty(indices.shape[0], dtype=np.int64)
     for i in range(indices.shape[0]):
-        tree[first_leaf + indices[i]] = priorities[i]
-    for i in range(indices.shape[0]):
-        node = (first_leaf + indices[i]) >> 1
-        while node >= 1:
+        nodes[i] = first_leaf + indices[i]
+        tree[nodes[i]] = priorities[i]
+    level = first_leaf
+    while level > 1:
+        for i in range(nodes.shape[0]):
+            node = nodes[i] >> 1
             tree[node] = tree[2 * node] + tree[2 * node + 1]
-            node >>= 1
+            nodes[i] = node
+        level >>= 1
     return _OK
+
+
+@njit(cache=True)
+def _descend(tree: np.ndarray, first_leaf: int, values: np.ndarray, out: np.ndarray) -> None:
+    """Write into ``out`` the leaf of each prefix sum in ``values`` (which it consumes)."""
+    out[:] = 1
+    # All descents advance one level at a time, so their cache misses overlap.
+    level = first_leaf
+    while level > 1:
+        for i in range(out.shape[0]):
+            left_child = 2 * out[i]
+            left = tree[left_child]
+            # Only ever step into a subtree with positive mass. A prefix that round-off pushed
+            # past the right subtree's mass (or below zero) then still ends on a non-empty leaf.
+            if left > 0.0 and (values[i] < left or not tree[left_child + 1] > 0.0):
+                out[i] = left_child
+            else:
+                values[i] -= left
+                out[i] = left_child + 1
+        level >>= 1
+    out -= first_leaf
 
 
 @njit(cache=True)
@@ -50,20 +76,24 @@ def _find_kernel(
     if not tree[1] > 0.0:
         return _EMPTY
     for i in range(prefix_sums.shape[0]):
-        value = prefix_sums[i]
-        if np.isnan(value):
+        if np.isnan(prefix_sums[i]):
             return _NAN_PREFIX
-        node = 1
-        while node < first_leaf:
-            left = tree[2 * node]
-            # Only ever step into a subtree with positive mass. A prefix that round-off pushed
-            # past the right subtree's mass (or below zero) then still ends on a non-empty leaf.
-            if left > 0.0 and (value < left or not tree[2 * node + 1] > 0.0):
-                node = 2 * node
-            else:
-                value -= left
-                node = 2 * node + 1
-        out[i] = node - first_leaf
+    _descend(tree, first_leaf, prefix_sums.copy(), out)
+    return _OK
+
+
+@njit(cache=True)
+def _stratified_kernel(
+    tree: np.ndarray, first_leaf: int, uniforms: np.ndarray, out: np.ndarray, priorities: np.ndarray
+) -> int:
+    if not tree[1] > 0.0:
+        return _EMPTY
+    # Stratum i is [i, i + 1) * total / n; one uniform draw by mass inside each.
+    width = tree[1] / uniforms.shape[0]
+    values = (np.arange(uniforms.shape[0]) + uniforms) * width
+    _descend(tree, first_leaf, values, out)
+    for i in range(out.shape[0]):
+        priorities[i] = tree[first_leaf + out[i]]
     return _OK
 
 
@@ -147,6 +177,34 @@ class SumTree:
         if code == _NAN_PREFIX:
             raise ValueError("prefix sums must not be NaN")
         return out
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Draw leaves with probability proportional to priority, stratified.
+
+        The total mass is cut into ``batch_size`` equal strata and one leaf is drawn by mass
+        inside each, so draw ``i`` comes from stratum ``i`` and a batch covers the distribution
+        evenly.
+
+        Args:
+            batch_size: Number of draws, at least 1.
+            rng: Source of the uniform draws.
+
+        Returns:
+            int64 leaf indices (never empty leaves) and their float64 priorities.
+
+        Raises:
+            ValueError: If every leaf is empty or ``batch_size`` is below 1.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        indices = np.empty(batch_size, dtype=np.int64)
+        priorities = np.empty(batch_size, dtype=np.float64)
+        code = _stratified_kernel(
+            self._tree, self._first_leaf, rng.random(batch_size), indices, priorities
+        )
+        if code == _EMPTY:
+            raise ValueError("cannot sample from a sum tree whose leaves are all empty")
+        return indices, priorities
 
     def __getitem__(self, indices: np.ndarray | int) -> np.ndarray:
         """Return the priorities of the given leaves (float64, same shape as ``indices``)."""

@@ -401,9 +401,13 @@ def test_memory_bytes_per_transition_counts_obs_once() -> None:
     compact = NStepPrioritizedReplayBuffer(1000, (34,), 32, obs_dtype=np.int32)
     raw = NStepPrioritizedReplayBuffer(1000, (32, 177), 32)
     tree_share = 2 * 1024 * 8 / 1000  # float64 nodes over the next power of two of leaves
-    scalars = 32 + 1 + 4 + 4 + 1  # mask, action, return, discount, bootstrap offset
-    assert compact.memory_bytes_per_transition == pytest.approx(34 * 4 + scalars + tree_share)
-    assert raw.memory_bytes_per_transition == pytest.approx(32 * 177 * 4 + scalars + tree_share)
+    scalars = 8 + 4 + 4 + 32 + 1  # action, return, discount, mask, bootstrap offset
+
+    def record(obs_bytes: int) -> int:
+        return -(-(obs_bytes + scalars) // 8) * 8  # padded to the 8-byte alignment
+
+    assert compact.memory_bytes_per_transition == pytest.approx(record(34 * 4) + tree_share)
+    assert raw.memory_bytes_per_transition == pytest.approx(record(32 * 177 * 4) + tree_share)
 
 
 @pytest.mark.parametrize(
@@ -434,6 +438,9 @@ def test_bad_add_arguments_raise_and_store_nothing() -> None:
         buffer.add(zeros, 0, np.nan, ones, False, False)
     with pytest.raises(ValueError, match="next_action_mask"):
         buffer.add(zeros, 0, 0.0, ones, False, False, np.ones(NUM_ACTIONS + 1, dtype=bool))
+    compact = NStepPrioritizedReplayBuffer(10, (2,), NUM_ACTIONS, obs_dtype=np.int32)
+    with pytest.raises(ValueError, match="cannot be stored as int32"):
+        compact.add(zeros, 0, 0.0, np.full(2, 0.5), False, False)
     assert len(buffer) == 0
     buffer.add(zeros, 0, 0.0, ones, False, False)
     with pytest.raises(ValueError, match="previous step's next_obs"):

@@ -94,6 +94,29 @@ def test_find_matches_cumulative_sum_and_never_returns_empty(
             assert leaf == reference_find(leaves, value)
 
 
+@settings(max_examples=100, deadline=None)
+@given(update_sequences(), st.integers(min_value=1, max_value=20), st.integers(0, 2**32 - 1))
+def test_sample_is_stratified_and_never_empty(
+    case: tuple[int, list], batch_size: int, seed: int
+) -> None:
+    capacity, batches = case
+    tree = build(capacity, batches)
+    leaves = reference_leaves(capacity, batches)
+    if not leaves.any():
+        return
+    indices, priorities = tree.sample(batch_size, np.random.default_rng(seed))
+    assert indices.dtype == np.int64 and indices.shape == (batch_size,)
+    np.testing.assert_array_equal(priorities, leaves[indices])
+    assert np.all(priorities > 0.0)
+    upper = np.cumsum(leaves)
+    lower = upper - leaves
+    total, tolerance = upper[-1], 1e-9 * upper[-1]
+    for i, leaf in enumerate(indices):
+        # Draw i comes from stratum i: the leaf's interval meets [i, i + 1) * total / n.
+        assert lower[leaf] - tolerance <= (i + 1) * total / batch_size
+        assert upper[leaf] + tolerance >= i * total / batch_size
+
+
 def test_find_skips_empty_leaves_at_float_edges() -> None:
     tree = SumTree(8)
     tree.update(np.array([1, 2, 5]), np.array([0.1, 0.2, 0.3]))
@@ -140,13 +163,17 @@ def test_bad_updates_raise_and_leave_tree_unchanged(
     assert tree.total == 1.0
 
 
-def test_find_on_empty_tree_or_nan_raises() -> None:
+def test_find_or_sample_on_empty_tree_and_bad_arguments_raise() -> None:
     tree = SumTree(3)
     with pytest.raises(ValueError, match="empty"):
         tree.find(np.array([0.0]))
+    with pytest.raises(ValueError, match="empty"):
+        tree.sample(4, np.random.default_rng(0))
     tree.update(np.array([1]), np.array([1.0]))
     with pytest.raises(ValueError, match="NaN"):
         tree.find(np.array([np.nan]))
+    with pytest.raises(ValueError, match="batch_size"):
+        tree.sample(0, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("capacity", [0, -3, 2.5, True])
