@@ -216,11 +216,10 @@ class ObservationBuilder:
         if isinstance(target, int | np.integer):  # one target for every row: the fast path
             out[..., nb] = rows[..., g + target]
             out[..., nb + 1] = rows[..., nb + target]
-        else:
-            target = np.asarray(target, dtype=np.int64)
-            t = np.broadcast_to(_trailing(target, ids.ndim)[..., None], (*ids.shape, 1))
-            out[..., nb] = np.take_along_axis(rows, g + t, axis=-1)[..., 0]
-            out[..., nb + 1] = np.take_along_axis(rows, nb + t, axis=-1)[..., 0]
+        else:  # a target per leading index: gather those two columns straight from the store
+            t = _trailing(np.asarray(target, dtype=np.int64), ids.ndim)
+            out[..., nb] = self.features[ids, g + t]
+            out[..., nb + 1] = self.features[ids, nb + t]
         if isinstance(budget_left, float | int):
             out[..., nb + 2] = budget_left
         else:

@@ -189,21 +189,22 @@ class MiSiCALVectorEnv(VectorEnv):
         nearly always accepted on large pools); rows that keep repeating, as on small pools,
         fall back to a partial Fisher–Yates shuffle, one vectorised swap per slot.
         """
-        idx = np.flatnonzero(mask)
-        k = self.pool_size
+        rows = np.flatnonzero(mask)
+        idx, k = rows, self.pool_size
         for _ in range(3):
-            if idx.size == 0:
-                break
             n_rem = self._num_remaining[idx]
-            positions = np.floor(self.np_random.random((idx.size, k)) * n_rem[:, None])
-            positions = positions.astype(np.int64)
+            # Truncation is floor here: both factors are non-negative.
+            positions = (self.np_random.random((idx.size, k)) * n_rem[:, None]).astype(np.int64)
             ordered = np.sort(positions, axis=1)
-            ok = (n_rem >= k) & (ordered[:, 1:] != ordered[:, :-1]).all(axis=1)
+            ok = (ordered[:, 1:] != ordered[:, :-1]).all(axis=1) & (n_rem >= k)
+            if ok.all():
+                self._positions[idx] = positions
+                idx = idx[:0]
+                break
             self._positions[idx[ok]] = positions[ok]
             idx = idx[~ok]
         if idx.size:
             self._fisher_yates(idx)
-        rows = np.flatnonzero(mask)
         slots = self._positions[rows]
         ids = self._remaining[rows[:, None], np.maximum(slots, 0)]
         self._candidates[rows] = np.where(slots >= 0, ids, -1)
