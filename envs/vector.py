@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,12 +10,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from misical_gym.envs.core import (
-    DEFAULT_REWARD_BINS,
-    DEFAULT_REWARD_VALUES,
     ObservationBuilder,
     RewardFunction,
-    resolve_target,
-    targets_present,
 )
 from misical_gym.envs.patch_selection import MiSiCALEnv
 
@@ -40,41 +34,14 @@ class MiSiCALVectorEnv(VectorEnv):
         "render_modes": [],
     }
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        root: str | os.PathLike[str] | None = None,
-        *,
-        store_name: str | None = None,
-        target_class: str | int = "default",
-        budget: int = 32,
-        pool_size: int = 32,
-        split: str = "init",
-        reward: str = "categorical",
-        reward_bins: Sequence[float] = DEFAULT_REWARD_BINS,
-        reward_values: Sequence[float] = DEFAULT_REWARD_VALUES,
-        flatten: bool = True,
-        target_onehot: bool | None = None,
-        render_mode: str | None = None,
-    ) -> None:
+    def __init__(self, num_envs: int = 1, **env_kwargs: Any) -> None:
+        """Create ``num_envs`` episodes; ``env_kwargs`` are :class:`MiSiCALEnv`'s arguments."""
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        if render_mode is not None:
+        if env_kwargs.get("render_mode") is not None:
             raise ValueError("the vector environment does not render; use MiSiCALEnv")
         # One single env validates the arguments and defines the spaces: one source of truth.
-        self._template = MiSiCALEnv(
-            root,
-            store_name=store_name,
-            target_class=target_class,
-            budget=budget,
-            pool_size=pool_size,
-            split=split,
-            reward=reward,
-            reward_bins=reward_bins,
-            reward_values=reward_values,
-            flatten=flatten,
-            target_onehot=target_onehot,
-        )
+        self._template = MiSiCALEnv(**env_kwargs)
         t = self._template
         self.store = t.store
         self.num_envs = num_envs
@@ -82,8 +49,8 @@ class MiSiCALVectorEnv(VectorEnv):
         self.candidate_shape = t.candidate_shape
         self.feature_names = t.feature_names
         self.split_ids = t.split_ids
-        self.fixed_target = resolve_target(self.store, target_class, split)
-        self.random_targets = targets_present(self.store, split)
+        self.fixed_target = t.fixed_target
+        self.random_targets = t.random_targets
         self.builder: ObservationBuilder = t.builder
         self.reward_fn: RewardFunction = t.reward_fn
         self.single_observation_space = t.observation_space
