@@ -4,11 +4,12 @@ The world is designed, not drawn at random, so that it reproduces the situation 
 for. A few **rare** thing classes are small and look like a **frequent look-alike** class. They
 always sit on an **easy context** class, a large, sharply coloured "stuff" region where the
 look-alike never appears. A small segmenter trained on a few hundred images barely sees a rare
-class on its own. It predicts the context, the look-alike or a weak, noisy rare score there,
-while it segments the context sharply. "Look-alike shape AND context" then finds the rare class
-and its own presence score does not. A strongly class-weighted loss picks up some rare signal
-from the handful of examples; gating it by the context still sharpens it. With all pool labels
-the class is learnable, because the context fully identifies it.
+class on its own. It labels a rare object as its context, its look-alike or another frequent
+thing, with a weak, noisy rare score, while it segments the context sharply. "Look-alike shape
+AND context" then finds the rare class and its own presence score does not. (That holds for a
+mildly class-weighted loss. A strongly weighted one learns part of a rare class from the handful
+of init examples, and its own score then competes with the context-gated one.) With all pool
+labels the class is learnable, because the context fully identifies it.
 
 Scenes (one per image, drawn from ``np.random.default_rng([seed, index])``). A top region sits
 above one or two ground layers; outdoor horizons wave a little:
