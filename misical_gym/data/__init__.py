@@ -20,6 +20,7 @@ from misical_gym.data.classes import (
 )
 from misical_gym.data.coco import CocoJson, CocoStuff10k, CocoStuff164k
 from misical_gym.data.patches import PatchGrid, split_indices
+from misical_gym.data.synthetic import SyntheticScenes
 from misical_gym.errors import DatasetError
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "CocoStuff164k",
     "PatchGrid",
     "SegmentationDataset",
+    "SyntheticScenes",
     "coco_id_to_train_id",
     "open_dataset",
     "split_indices",
@@ -58,8 +60,6 @@ def open_dataset(spec: Mapping[str, Any]) -> SegmentationDataset:
     kind = spec["kind"]
     factory: Callable[..., SegmentationDataset]
     if kind == "synthetic":
-        from misical_gym.data.synthetic import SyntheticScenes
-
         factory = SyntheticScenes
     elif kind == "coco10k":
         factory = CocoStuff10k
