@@ -1,0 +1,36 @@
+"""The frozen segmenter: a small U-Net with an MC-dropout head, its training and checkpoints.
+
+Importing this package imports torch; nothing in the environment path does.
+"""
+
+from __future__ import annotations
+
+from misical_gym.segmenter.model import SmallUNet
+from misical_gym.segmenter.training import (
+    CLASS_WEIGHTINGS,
+    TrainConfig,
+    class_weights,
+    confusion_matrix,
+    iou_from_confusion,
+    load_segmenter,
+    predict_labels,
+    resolve_device,
+    save_segmenter,
+    segment_iou,
+    train_segmenter,
+)
+
+__all__ = [
+    "CLASS_WEIGHTINGS",
+    "SmallUNet",
+    "TrainConfig",
+    "class_weights",
+    "confusion_matrix",
+    "iou_from_confusion",
+    "load_segmenter",
+    "predict_labels",
+    "resolve_device",
+    "save_segmenter",
+    "segment_iou",
+    "train_segmenter",
+]

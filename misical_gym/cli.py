@@ -1,0 +1,189 @@
+"""The ``misical`` command line.
+
+Each subcommand is one ``_add_<name>`` function that declares its arguments and names the
+function that runs it. Heavy modules (torch, the agents) are imported only inside those
+functions, so ``misical --help`` and ``import misical_gym.cli`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from misical_gym.errors import MisicalError
+
+Command = Callable[[argparse.Namespace], int | None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``misical`` with ``argv``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (MisicalError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        print(f"misical: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("misical: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="misical",
+        description="MiSiCAL: class-targeted active learning for segmentation as an RL benchmark.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(commands)
+    return parser
+
+
+# ---------------------------------------------------------------------------- prepare
+def _add_prepare(commands: Any) -> None:
+    prepare = commands.add_parser(
+        "prepare",
+        help="train the frozen segmenter and write a feature store",
+        description="Train the segmenter once on the init split and write every patch's "
+        "MC-dropout features and oracle counts to a memory-mapped store.",
+    )
+    kinds = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+
+    def common(sub: argparse.ArgumentParser, default_name: str) -> None:
+        sub.add_argument(
+            "--out",
+            type=Path,
+            help=f"store directory (default: $MISICAL_HOME/{default_name}, "
+            f"else ~/.cache/misical/{default_name})",
+        )
+        sub.add_argument("--init-fraction", type=float, default=0.1, help="init share (0.1)")
+        sub.add_argument("--grid", default="4x4", help="patch grid ROWSxCOLS (4x4)")
+        sub.add_argument("--mc-samples", type=int, default=20, help="MC-dropout samples T (20)")
+        sub.add_argument("--epochs", type=int, default=20, help="segmenter epochs (20)")
+        sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
+        sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
+        sub.set_defaults(run=_run_prepare, default_name=default_name)
+
+    synthetic = kinds.add_parser("synthetic", help="the offline synthetic world")
+    synthetic.add_argument("--images", type=int, default=3000, help="images to generate (3000)")
+    synthetic.add_argument("--image-size", type=int, default=64, help="image side in px (64)")
+    common(synthetic, "synthetic")
+
+    coco10k = kinds.add_parser("coco10k", help="COCO-Stuff 10k v1.1 (downloaded)")
+    coco10k.add_argument("--root", type=Path, required=True, help="the dataset's root folder")
+    coco10k.add_argument("--image-size", type=int, default=256, help="network input side (256)")
+    common(coco10k, "coco10k")
+
+    coco164k = kinds.add_parser("coco164k", help="COCO-Stuff 164k (downloaded)")
+    coco164k.add_argument("--root", type=Path, required=True, help="the dataset's root folder")
+    coco164k.add_argument("--split", default="train2017", help="image split to mine (train2017)")
+    coco164k.add_argument("--test-split", default="val2017", help="test split (val2017)")
+    coco164k.add_argument("--image-size", type=int, default=256, help="network input side (256)")
+    common(coco164k, "coco164k")
+
+    coco_json = kinds.add_parser("coco-json", help="any COCO-format instances / stuff JSON")
+    coco_json.add_argument("--images", type=Path, required=True, help="image folder")
+    coco_json.add_argument(
+        "--annotations", type=Path, nargs="+", required=True, help="annotation JSON files"
+    )
+    coco_json.add_argument("--image-size", type=int, default=256, help="network input side (256)")
+    common(coco_json, "coco-json")
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from misical_gym.data import PatchGrid
+    from misical_gym.paths import default_store_path
+    from misical_gym.prepare import PrepareConfig, prepare, prepare_synthetic, trainval_test_splits
+
+    config = PrepareConfig(
+        grid=PatchGrid.parse(args.grid),
+        init_fraction=args.init_fraction,
+        mc_samples=args.mc_samples,
+        epochs=args.epochs,
+        image_size=None if args.dataset == "synthetic" else args.image_size,
+        device=args.device,
+        seed=args.seed,
+    )
+    out = args.out or default_store_path(args.default_name)
+    if args.dataset == "synthetic":
+        store = prepare_synthetic(
+            out,
+            images=args.images,
+            seed=args.seed,
+            image_size=args.image_size,
+            config=config,
+            overwrite=args.overwrite,
+        )
+    else:
+        from misical_gym.data import CocoJson, CocoStuff10k, CocoStuff164k
+
+        if args.dataset == "coco10k":
+            trainval, test = CocoStuff10k(args.root, "train"), CocoStuff10k(args.root, "test")
+        elif args.dataset == "coco164k":
+            trainval = CocoStuff164k(args.root, args.split)
+            test = CocoStuff164k(args.root, args.test_split)
+        else:
+            trainval, test = CocoJson(args.images, args.annotations), None
+        sources = [trainval] if test is None else [trainval, test]
+        splits = trainval_test_splits(trainval, test, config)
+        store = prepare(sources, splits, out, config, overwrite=args.overwrite)
+    print(json.dumps(summarize(store), indent=1))
+    print(f"store written to {store.path}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- inspect
+def _add_inspect(commands: Any) -> None:
+    inspect = commands.add_parser(
+        "inspect", help="print a JSON summary of a feature store", description="Summarise a store."
+    )
+    inspect.add_argument("store", type=Path, help="store directory")
+    inspect.set_defaults(run=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from misical_gym.store import FeatureStore
+
+    print(json.dumps(summarize(FeatureStore.open(args.store)), indent=1))
+    return 0
+
+
+def summarize(store: Any) -> dict[str, Any]:
+    """The JSON summary ``misical inspect`` prints."""
+    from misical_gym.store import SPLITS
+
+    segmenter = store.manifest.get("segmenter") or {}
+    test_iou = segmenter.get("test_iou")
+    return {
+        "path": str(store.path),
+        "dataset": store.dataset.get("kind"),
+        "patches": store.num_patches,
+        "images": len(store.image_ids),
+        "grid": f"{store.grid.rows}x{store.grid.cols}",
+        "classes": store.num_classes,
+        "rare_classes": [store.class_names[c] for c in store.rare_classes],
+        "patches_per_split": {s: int(store.split_ids(s).size) for s in SPLITS},
+        "class_patch_frequency": {
+            split: {
+                name: round(int(n) / max(int(store.split_ids(split).size), 1), 5)
+                for name, n in zip(store.class_names, store.class_patches(split), strict=True)
+            }
+            for split in SPLITS
+        },
+        "segmenter_test_iou": None
+        if test_iou is None
+        else dict(zip(store.class_names, test_iou, strict=True)),
+    }
+
+
+_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_prepare, _add_inspect]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

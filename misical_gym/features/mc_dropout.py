@@ -1,0 +1,119 @@
+"""Per-patch MC-dropout features: BALD, predictive entropy, class presence, class-BALD.
+
+The encoder runs once per image and only the head is sampled ``T`` times. Over the samples we
+keep running means (class probabilities, pixel entropy and per-class binary entropy), never the
+``T`` probability maps themselves, and pool them per patch at the head's resolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from misical_gym.data.classes import IGNORE_INDEX
+from misical_gym.data.patches import PatchGrid
+
+_EPS = 1e-12
+
+
+def entropy(p: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Shannon entropy (nats) of probability vectors along ``dim``."""
+    return -(p * torch.log(p.clamp_min(_EPS))).sum(dim)
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Element-wise binary entropy (nats) of probabilities ``p``."""
+    return -(p * torch.log(p.clamp_min(_EPS)) + (1 - p) * torch.log((1 - p).clamp_min(_EPS)))
+
+
+def enable_mc_dropout(model: nn.Module) -> None:
+    """Eval mode everywhere (BatchNorm frozen) except dropout layers, which keep sampling."""
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.train()
+
+
+@torch.no_grad()
+def mc_pixel_statistics(
+    model: nn.Module, x: torch.Tensor, samples: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stream ``samples`` head passes over one encoder pass.
+
+    Returns:
+        ``mean_p`` ``[B, C, h, w]`` (mean class probabilities), ``bald`` ``[B, h, w]`` =
+        H[mean p] - mean H[p], and ``class_bald`` ``[B, C, h, w]`` = H_b(mean p_c) -
+        mean H_b(p_c), all at the head's resolution; BALD terms are clipped at 0 against
+        round-off.
+    """
+    if samples < 1:
+        raise ValueError(f"the number of MC samples must be at least 1, got {samples}")
+    enable_mc_dropout(model)
+    z = model.encode(x)
+    mean_p = mean_entropy = mean_binary = None
+    for _ in range(samples):
+        p = torch.softmax(model.head(z), dim=1)
+        if mean_p is None:
+            mean_p, mean_entropy, mean_binary = p, entropy(p), binary_entropy(p)
+        else:
+            mean_p = mean_p + p
+            mean_entropy = mean_entropy + entropy(p)
+            mean_binary = mean_binary + binary_entropy(p)
+    mean_p, mean_entropy, mean_binary = (
+        mean_p / samples,
+        mean_entropy / samples,
+        mean_binary / samples,
+    )
+    bald = (entropy(mean_p) - mean_entropy).clamp_min(0)
+    class_bald = (binary_entropy(mean_p) - mean_binary).clamp_min(0)
+    return mean_p, bald, class_bald
+
+
+@torch.no_grad()
+def mc_patch_features(
+    model: nn.Module, x: torch.Tensor, grid: PatchGrid, samples: int
+) -> np.ndarray:
+    """float32 ``[B, rows*cols, 3 + 2C]`` features in the store's column order.
+
+    Columns: bald_mean, bald_max, entropy_mean, presence per class (mean probability over the
+    patch), class-BALD per class (patch mean). The grid is laid over the head's output, whose
+    patches cover the same image regions as the full-resolution grid up to rounding.
+    """
+    mean_p, bald, class_bald = mc_pixel_statistics(model, x, samples)
+    predictive = entropy(mean_p)
+    num_classes = mean_p.shape[1]
+    ys, xs = grid.edges(*mean_p.shape[-2:])
+    out = torch.empty((x.shape[0], grid.num_patches, 3 + 2 * num_classes), device=x.device)
+    for index in range(grid.num_patches):
+        r, c = divmod(index, grid.cols)
+        window = (slice(ys[r], ys[r + 1]), slice(xs[c], xs[c + 1]))
+        b = bald[(slice(None), *window)]
+        out[:, index, 0] = b.mean((-2, -1))
+        out[:, index, 1] = b.amax((-2, -1))
+        out[:, index, 2] = predictive[(slice(None), *window)].mean((-2, -1))
+        out[:, index, 3 : 3 + num_classes] = mean_p[(slice(None), slice(None), *window)].mean(
+            (-2, -1)
+        )
+        out[:, index, 3 + num_classes :] = class_bald[(slice(None), slice(None), *window)].mean(
+            (-2, -1)
+        )
+    # Keep every column inside the bounds the store and the environment promise.
+    out[..., :3].clamp_(0.0, math.log(max(num_classes, 2)))
+    out[..., 3 : 3 + num_classes].clamp_(0.0, 1.0)
+    out[..., 3 + num_classes :].clamp_(0.0, math.log(2))
+    return out.cpu().numpy()
+
+
+def patch_class_counts(label: np.ndarray, grid: PatchGrid, num_classes: int) -> np.ndarray:
+    """int64 ``[rows*cols, C]`` oracle pixel count of every class in every patch (255 ignored)."""
+    patch = grid.patch_index_map(*label.shape)
+    valid = label != IGNORE_INDEX
+    if (label[valid] >= num_classes).any():
+        raise ValueError(f"label values must be < {num_classes} or {IGNORE_INDEX}")
+    index = patch[valid] * num_classes + label[valid]
+    return np.bincount(index, minlength=grid.num_patches * num_classes).reshape(
+        grid.num_patches, num_classes
+    )

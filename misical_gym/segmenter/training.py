@@ -1,0 +1,269 @@
+"""Training, evaluation and checkpoints of segmenters (any module with ``encode`` and ``head``)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from misical_gym.atomic import atomic_path
+from misical_gym.data.classes import IGNORE_INDEX
+
+CLASS_WEIGHTINGS: tuple[str, ...] = ("sqrt", "inverse", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a segmenter is trained.
+
+    The default ``sqrt`` weighting (``sqrt(median / frequency)``) is mild on purpose: the frozen
+    model should see frequent and context classes sharply while a class with a handful of
+    examples stays weak, as in the paper's setting. ``inverse`` (``median / frequency``, capped at
+    ``max_class_weight``) learns rare, thin classes from fewer pixels, which retraining on
+    acquired patches needs.
+    """
+
+    epochs: int = 20
+    """Passes over the training images."""
+    batch_size: int = 16
+    """Images per gradient step."""
+    learning_rate: float = 3e-3
+    """Adam's learning rate (cosine-decayed to zero)."""
+    weight_decay: float = 1e-4
+    """Adam's weight decay."""
+    class_weighting: str = "sqrt"
+    """Cross-entropy class weights: ``sqrt``, ``inverse`` or ``none``."""
+    max_class_weight: float = 50.0
+    """Cap of any class weight."""
+    seed: int = 0
+    """Seed of initialisation, shuffling and dropout: the same seed gives the same model on CPU."""
+
+    def __post_init__(self) -> None:
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            raise ValueError(
+                f"class_weighting must be one of {', '.join(CLASS_WEIGHTINGS)}, "
+                f"got {self.class_weighting!r}"
+            )
+        if self.epochs < 0 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError(f"invalid training settings: {self}")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in [0, 1] on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2) / 255.0
+
+
+def class_weights(
+    labels: np.ndarray, num_classes: int, weighting: str, cap: float = 50.0
+) -> np.ndarray:
+    """Cross-entropy class weights from the pixel frequencies of ``labels`` (255 ignored).
+
+    Classes absent from ``labels`` get the largest weight any present class has.
+    """
+    if weighting == "none":
+        return np.ones(num_classes, dtype=np.float32)
+    freq = np.bincount(labels[labels != IGNORE_INDEX].ravel(), minlength=num_classes)[
+        :num_classes
+    ].astype(np.float64)
+    present = freq > 0
+    if not present.any():
+        return np.ones(num_classes, dtype=np.float32)
+    ratio = np.median(freq[present]) / np.where(present, freq, 1.0)
+    weights = np.sqrt(ratio) if weighting == "sqrt" else ratio
+    weights = np.minimum(weights, cap)
+    weights[~present] = weights[present].max()
+    return (weights / weights[present].mean()).astype(np.float32)
+
+
+def train_segmenter(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    *,
+    device: str | torch.device = "auto",
+    val_images: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place with class-weighted cross-entropy (255 = ignore).
+
+    Works from scratch or as fine-tuning of a loaded checkpoint; labels may be mostly 255 (only
+    acquired patches labelled). Random horizontal flips augment the images.
+
+    Args:
+        model: A segmenter with ``encode``/``head`` (``forward`` = ``head(encode(x))``).
+        images: uint8 ``[N, H, W, 3]``.
+        labels: uint8 ``[N, H, W]`` train ids, 255 = ignore.
+        config: Training settings.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        val_images: Optional validation images; their mIoU is logged after every epoch.
+        val_labels: Their labels.
+        log_dir: TensorBoard directory for ``segmenter/loss`` and ``segmenter/val_miou``.
+        progress: Show a progress bar.
+
+    Returns:
+        One dict per epoch with ``loss`` (and ``val_miou`` when validating).
+    """
+    if images.shape[:3] != labels.shape or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"images must be [N, H, W, 3] and labels [N, H, W]; got {images.shape}, {labels.shape}"
+        )
+    device = resolve_device(device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model.to(device).train()
+    num_classes = model.num_classes
+    weights = torch.from_numpy(
+        class_weights(labels, num_classes, config.class_weighting, config.max_class_weight)
+    ).to(device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE_INDEX)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = max(1, -(-len(images) // config.batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, config.epochs * steps_per_epoch)
+    )
+    writer = _summary_writer(log_dir)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(config.epochs), desc="segmenter", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = rng.permutation(len(images))
+        total, seen = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            x = to_tensor(images[batch], device)
+            y = torch.from_numpy(labels[batch].astype(np.int64)).to(device)
+            flip = torch.from_numpy(rng.random(len(batch)) < 0.5).to(device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            y = torch.where(flip[:, None, None], y.flip(-1), y)
+            loss = loss_fn(model(x), y)
+            if not torch.isfinite(loss):
+                continue  # a batch of ignore-only labels has no pixel to learn from
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
+        record = {"loss": total / max(seen, 1)}
+        if val_images is not None and val_labels is not None and len(val_images):
+            iou = segment_iou(model, val_images, val_labels, device=device)
+            record["val_miou"] = float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
+        history.append(record)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
+        if writer is not None:
+            for key, value in record.items():
+                writer.add_scalar(f"segmenter/{key}", value, epoch + 1)
+    if writer is not None:
+        writer.close()
+    model.eval()
+    return history
+
+
+def _summary_writer(log_dir: str | os.PathLike[str] | None) -> Any:
+    if log_dir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir))
+
+
+@torch.no_grad()
+def predict_labels(
+    model: nn.Module,
+    images: np.ndarray,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Deterministic (dropout off) arg-max labels ``[N, H, W]`` uint8."""
+    device = resolve_device(device)
+    model.to(device).eval()
+    out = np.empty(images.shape[:3], dtype=np.uint8)
+    for start in range(0, len(images), batch_size):
+        x = to_tensor(images[start : start + batch_size], device)
+        out[start : start + batch_size] = model(x).argmax(1).to(torch.uint8).cpu().numpy()
+    return out
+
+
+def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``[C, C]`` int64 counts of (true, predicted) over pixels whose label is not 255."""
+    valid = labels != IGNORE_INDEX
+    index = labels[valid].astype(np.int64) * num_classes + predicted[valid]
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Per-class IoU; NaN where a class is neither present nor predicted."""
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def segment_iou(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Per-class IoU ``[C]`` of the deterministic prediction (NaN where undefined)."""
+    predicted = predict_labels(model, images, device=device, batch_size=batch_size)
+    return iou_from_confusion(confusion_matrix(predicted, labels, model.num_classes))
+
+
+def save_segmenter(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Save the class, its constructor config and the weights, atomically."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("a segmenter needs a `config` dict of its constructor arguments to save")
+    cls = type(model)
+    state = {
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "config": dict(config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_segmenter(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a segmenter saved by :func:`save_segmenter`, in eval mode."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    module_name, _, qualname = state["class"].partition(":")
+    factory: Callable[..., nn.Module] = getattr(importlib.import_module(module_name), qualname)
+    model = factory(**state["config"])
+    model.load_state_dict(state["state_dict"])
+    return model.to(resolve_device(device)).eval()
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    """The training settings as a plain dict (for manifests and run configs)."""
+    return asdict(config)
