@@ -1,0 +1,194 @@
+"""DDQN gradient updates per second at batch 64, against SB3 DQN's ``train()``, plus replay memory.
+
+One gradient update of the DDQN is everything ``_train_step`` does: a prioritized sample, the
+rebuild of its observations from the store (compact replay), the Double DQN target, the Huber
+loss, the backward pass, clipping, the Adam step, the priority update and the Polyak update.
+SB3's side is ``DQN.train(gradient_steps, batch_size=64)`` (uniform n-step replay, no priority
+work, target copies outside ``train``). Both run single-threaded on the same env, a random store
+of COCO-Stuff 10k's candidate shape (K=32 candidates of F=177 features), with replays filled by
+the same number of random steps.
+
+"Equal-sized" is read two ways, both reported: SB3's MLP with the DDQN's parameter count, and
+SB3's MLP with the DDQN's hidden width (128). The DeepSets network applies its weights to every
+candidate, so per sample it does about K times the multiply-adds of an MLP with as many
+parameters; the ``macs_per_sample`` fields make that visible.
+
+Contenders take turns, one timed block each per repeat; rates are medians over repeats and
+ratios medians of per-repeat ratios. Also reports replay bytes per transition in both modes and
+the size of a 1,000,000-transition compact replay. Prints one JSON object.
+
+Run: ``python benchmarks/bench_ddqn.py [--iterations I] [--repeats R] [--device cpu|cuda]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import torch
+from stable_baselines3 import DQN
+
+import misical_gym  # noqa: F401  (registers the environments)
+from misical_gym.agents import DDQN
+from misical_gym.data.classes import COCO_STUFF_CLASSES
+from misical_gym.testing import write_random_store
+
+POOL_SIZE = 32
+BATCH_SIZE = 64
+N_STEP = 3
+FILL_STEPS = 5_000
+
+
+def make_env(root: Path) -> gym.Env:
+    return gym.make("MiSiCAL-Store", root=str(root), pool_size=POOL_SIZE, budget=32)
+
+
+def ddqn_contender(root: Path, replay: str, device: str) -> tuple[Callable[[], None], DDQN]:
+    model = DDQN(
+        make_env(root),
+        replay=replay,
+        buffer_size=FILL_STEPS * 2,
+        batch_size=BATCH_SIZE,
+        n_step=N_STEP,
+        learning_starts=10**9,  # fill with random steps only
+        seed=0,
+        device=device,
+    )
+    model.learn(FILL_STEPS)
+    return (lambda: model._train_step(beta=0.5)), model
+
+
+def sb3_contender(root: Path, width: int, device: str) -> tuple[Callable[[], None], DQN]:
+    model = DQN(
+        "MlpPolicy",
+        make_env(root),
+        buffer_size=FILL_STEPS * 2,
+        batch_size=BATCH_SIZE,
+        n_steps=N_STEP,
+        learning_starts=10**9,
+        policy_kwargs={"net_arch": [width, width]},
+        seed=0,
+        device=device,
+    )
+    model.learn(FILL_STEPS)
+    return (lambda: model.train(gradient_steps=1, batch_size=BATCH_SIZE)), model
+
+
+def num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def macs_per_sample(module: torch.nn.Module, rows: int) -> int:
+    """Multiply-adds of one forward pass over one observation (``rows`` rows per Linear)."""
+    return sum(
+        rows * m.in_features * m.out_features
+        for m in module.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+
+
+def ddqn_macs(model: DDQN) -> int:
+    net, k = model.q_net, POOL_SIZE
+    per_candidate = macs_per_sample(net.phi, k) + macs_per_sample(net.rho_embedding, k)
+    return per_candidate + macs_per_sample(net.rho, k) + macs_per_sample(net.rho_context, 1)
+
+
+def equal_params_width(params: int, inputs: int, outputs: int) -> int:
+    """Width h of SB3's [h, h] MLP whose parameter count is closest to ``params``."""
+    return min(
+        range(1, 1024),
+        key=lambda h: abs(inputs * h + h + h * h + h + h * outputs + outputs - params),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=200, help="updates per timed block")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = write_random_store(
+            Path(tmp) / "store", num_images=1_000, class_names=COCO_STUFF_CLASSES, seed=0
+        )
+        env = make_env(store.path)
+        k, f = env.unwrapped.candidate_shape
+        contenders: dict[str, tuple[Callable[[], None], object]] = {
+            "ddqn_compact": ddqn_contender(store.path, "compact", args.device),
+            "ddqn_raw": ddqn_contender(store.path, "raw", args.device),
+        }
+        ddqn = contenders["ddqn_compact"][1]
+        ddqn_params = num_params(ddqn.q_net)
+        width = equal_params_width(ddqn_params, k * f, k)
+        contenders["sb3_dqn_equal_params"] = sb3_contender(store.path, width, args.device)
+        contenders["sb3_dqn_equal_width"] = sb3_contender(store.path, 128, args.device)
+
+        for step, _ in contenders.values():  # warm-up
+            for _ in range(20):
+                step()
+        rates: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(args.repeats):
+            for name, (step, _) in contenders.items():
+                start = time.perf_counter()
+                for _ in range(args.iterations):
+                    step()
+                rates[name].append(args.iterations / (time.perf_counter() - start))
+
+        networks = {"ddqn": {"params": ddqn_params, "macs_per_sample": ddqn_macs(ddqn)}}
+        for name in ("sb3_dqn_equal_params", "sb3_dqn_equal_width"):
+            q_net = contenders[name][1].q_net
+            networks[name] = {
+                "params": num_params(q_net),
+                "macs_per_sample": macs_per_sample(q_net, 1),
+                "net_arch": contenders[name][1].policy_kwargs["net_arch"],
+            }
+        ratios = {
+            f"ddqn_{mode}_over_{peer}": round(
+                statistics.median(
+                    a / b for a, b in zip(rates[f"ddqn_{mode}"], rates[peer], strict=True)
+                ),
+                3,
+            )
+            for mode in ("compact", "raw")
+            for peer in ("sb3_dqn_equal_params", "sb3_dqn_equal_width")
+        }
+        compact_bytes = contenders["ddqn_compact"][1].replay_buffer.memory_bytes_per_transition
+        raw_bytes = contenders["ddqn_raw"][1].replay_buffer.memory_bytes_per_transition
+        result = {
+            "benchmark": "ddqn_gradient_updates_per_second",
+            "batch_size": BATCH_SIZE,
+            "candidate_shape": [k, f],
+            "n_step": N_STEP,
+            "device": args.device,
+            "torch_threads": torch.get_num_threads(),
+            "repeats": args.repeats,
+            "iterations_per_block": args.iterations,
+            "updates_per_second": {
+                name: round(statistics.median(values), 1) for name, values in rates.items()
+            },
+            "ratios": ratios,
+            "networks": networks,
+            "replay_bytes_per_transition": {
+                "compact": round(compact_bytes, 1),
+                "raw": round(raw_bytes, 1),
+            },
+            "compact_replay_1m_transitions_gb": round(compact_bytes * 1e6 / 1e9, 3),
+            "versions": {
+                name: importlib.metadata.version(name)
+                for name in ("misical-gym", "torch", "stable-baselines3")
+            },
+        }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
