@@ -55,18 +55,21 @@ def mc_pixel_statistics(
     z = model.encode(x)
     mean_p = mean_entropy = mean_binary = None
     for _ in range(samples):
-        p = torch.softmax(model.head(z), dim=1)
+        # From log-probabilities: p log p and (1-p) log(1-p) cost one exp and one log1p, the
+        # most expensive part of the loop (the head itself is a 1x1 convolution).
+        log_p = torch.log_softmax(model.head(z), dim=1)
+        p = log_p.exp()
+        p_log_p = p * log_p
+        binary = -(p_log_p + (1 - p) * torch.log1p(-p.clamp_max(1 - 1e-7)))
         if mean_p is None:
-            mean_p, mean_entropy, mean_binary = p, entropy(p), binary_entropy(p)
+            mean_p, mean_entropy, mean_binary = p, -p_log_p.sum(1), binary
         else:
-            mean_p = mean_p + p
-            mean_entropy = mean_entropy + entropy(p)
-            mean_binary = mean_binary + binary_entropy(p)
-    mean_p, mean_entropy, mean_binary = (
-        mean_p / samples,
-        mean_entropy / samples,
-        mean_binary / samples,
-    )
+            mean_p += p
+            mean_entropy -= p_log_p.sum(1)
+            mean_binary += binary
+    mean_p /= samples
+    mean_entropy /= samples
+    mean_binary /= samples
     bald = (entropy(mean_p) - mean_entropy).clamp_min(0)
     class_bald = (binary_entropy(mean_p) - mean_binary).clamp_min(0)
     return mean_p, bald, class_bald
