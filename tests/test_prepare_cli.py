@@ -1,0 +1,111 @@
+"""``misical prepare`` / ``misical inspect`` end to end on a tiny synthetic world."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from misical_gym.cli import main
+from misical_gym.prepare import PrepareConfig, prepare_synthetic
+from misical_gym.store import FeatureStore
+
+TINY = ["--images", "40", "--epochs", "1", "--mc-samples", "2", "--init-fraction", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory) -> FeatureStore:
+    out = tmp_path_factory.mktemp("prep") / "synthetic"
+    assert main(["prepare", "synthetic", "--out", str(out), *TINY]) == 0
+    return FeatureStore.open(out)
+
+
+def test_prepare_synthetic_writes_a_complete_store(tiny_synthetic) -> None:
+    store = tiny_synthetic
+    assert store.num_patches == 40 * 16
+    assert store.rare_classes == (17, 18, 19)
+    assert store.segmenter_checkpoint is not None and store.segmenter_checkpoint.is_file()
+    assert len(store.manifest["segmenter"]["test_iou"]) == store.num_classes
+    features = np.asarray(store.features)
+    assert np.isfinite(features).all() and (features >= 0).all()
+    presence = np.asarray(store.presence)
+    np.testing.assert_allclose(presence.sum(1), 1.0, atol=1e-4)
+    counts = np.asarray(store.counts)
+    np.testing.assert_array_equal(counts.sum(1), store.areas)  # synthetic labels cover every pixel
+    assert {s for s in ("init", "pool", "test") if store.split_ids(s).size} == {
+        "init",
+        "pool",
+        "test",
+    }
+
+
+def test_store_reaches_its_images_again(tiny_synthetic) -> None:
+    from misical_gym.data import open_dataset
+
+    spec = tiny_synthetic.dataset["sources"][0]
+    image, label = open_dataset(spec)[3]
+    assert tuple(tiny_synthetic.image_sizes[3]) == label.shape
+
+
+def test_prepared_store_runs_the_env(tiny_synthetic) -> None:
+    env = gym.make("MiSiCAL-Store", root=str(tiny_synthetic.path), budget=4, pool_size=8)
+    obs, info = env.reset(seed=0)
+    assert tiny_synthetic.class_names[info["target_class"]] == "skis"
+    assert env.observation_space.contains(obs)
+
+
+def test_inspect_prints_a_json_summary(tiny_synthetic, capsys) -> None:
+    assert main(["inspect", str(tiny_synthetic.path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["patches"] == 640 and summary["rare_classes"] == ["skis", "fork", "surfboard"]
+    assert set(summary["class_patch_frequency"]) == {"init", "pool", "test"}
+    assert set(summary["segmenter_test_iou"]) == set(tiny_synthetic.class_names)
+
+
+def test_prepare_resumes_after_training(tmp_path, monkeypatch) -> None:
+    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3)
+    first = prepare_synthetic(tmp_path / "s", images=24, config=config, progress=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training ran again although its checkpoint was there")
+
+    import misical_gym.segmenter.training
+
+    monkeypatch.setattr(misical_gym.segmenter, "train_segmenter", no_training)
+    monkeypatch.setattr(misical_gym.segmenter.training, "train_segmenter", no_training)
+    again = prepare_synthetic(
+        tmp_path / "s", images=24, config=config, overwrite=True, progress=False
+    )
+    np.testing.assert_array_equal(np.asarray(first.counts), np.asarray(again.counts))
+
+
+def test_existing_store_is_not_overwritten_silently(tiny_synthetic, capsys) -> None:
+    assert main(["prepare", "synthetic", "--out", str(tiny_synthetic.path), *TINY]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["prepare", "synthetic", "--grid", "4by4"], "ROWSxCOLS"),
+        (["prepare", "synthetic", "--mc-samples", "0"], "mc-samples"),
+        (["prepare", "synthetic", "--init-fraction", "1.5"], "init_fraction"),
+        (["prepare", "coco10k", "--root", "/nonexistent/cocostuff"], "/nonexistent/cocostuff"),
+        (["inspect", "/nonexistent/store"], "misical prepare"),
+    ],
+)
+def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path) -> None:
+    argv = [*argv, "--out", str(tmp_path / "x")] if argv[0] == "prepare" else argv
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("misical: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_cli_import_is_light() -> None:
+    code = "import sys, misical_gym.cli; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
