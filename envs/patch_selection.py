@@ -90,7 +90,9 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
     * ``flatten``: flat observations (default True) for SB3's MLP policies.
     * ``target_onehot``: append a one-hot of the target to each row; defaults to True exactly
       when ``target_class="random"``.
-    * ``render_mode``: ``"ansi"`` (a text summary of the episode).
+    * ``render_mode``: ``"ansi"`` (a text summary of the episode) or ``"rgb_array"`` (the last
+      chosen patch outlined in its image; needs a store that can reach its images, as every
+      prepared store can).
 
     ## Version History
 
@@ -98,7 +100,7 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
       ``MiSiCAL-Store``).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -129,6 +131,11 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
                 f"got {render_mode!r}"
             )
         self.store: FeatureStore = resolve_store(root, store_name)
+        if render_mode == "rgb_array" and not self.store.can_reach_images:
+            raise ValueError(
+                f"render_mode='rgb_array' needs the store's images, and {self.store.path} does "
+                "not record where they are; use render_mode='ansi'"
+            )
         self.split = split
         self.split_ids = self.store.split_ids(split)
         if self.split_ids.size == 0:
@@ -217,6 +224,8 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
     def render(self) -> str | np.ndarray | None:
         if self.render_mode == "ansi":
             return self._render_text()
+        if self.render_mode == "rgb_array":
+            return self._render_patch()
         return None
 
     # ------------------------------------------------------------------ MiSiCAL API
@@ -279,6 +288,17 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
             "masked_action": masked,
             "budget_left": self._budget_left,
         }
+
+    def _render_patch(self) -> np.ndarray:
+        """The last chosen patch outlined in red in its image (the first candidate's before any
+        pick)."""
+        patch = self._last_patch if self._last_patch >= 0 else int(self._candidates[0])
+        image = self.store.image(int(self.store.patches[patch, 0]))[0].copy()
+        y0, x0, y1, x1 = self.store.boxes([patch])[0]
+        red = np.array([255, 0, 0], dtype=np.uint8)
+        image[y0, x0:x1] = image[y1 - 1, x0:x1] = red
+        image[y0:y1, x0] = image[y0:y1, x1 - 1] = red
+        return image
 
     def _render_text(self) -> str:
         name = self.store.class_names[self.target] if self.target >= 0 else "-"

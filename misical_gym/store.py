@@ -355,6 +355,28 @@ class FeatureStore:
             cache[split] = np.flatnonzero(self.split_codes == SPLITS.index(split))
         return cache[split]
 
+    @property
+    def can_reach_images(self) -> bool:
+        """Whether the manifest says where the images are (stores written by ``prepare``)."""
+        return "sources" in self.dataset and "items" in self.dataset
+
+    def image(self, image_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(image, label)`` of one of the store's images, read from its dataset again.
+
+        Raises:
+            StoreError: the store does not record where its images are.
+            DatasetError: the dataset is gone or changed.
+        """
+        if not self.can_reach_images:
+            raise StoreError(f"{self.path}: this store does not record where its images are")
+        from misical_gym.data import open_dataset
+
+        cache = self.__dict__.setdefault("_sources", {})
+        source, item = self.dataset["items"][int(image_index)]
+        if source not in cache:
+            cache[source] = open_dataset(self.dataset["sources"][source])
+        return cache[source][item]
+
     def class_patches(self, split: str) -> np.ndarray:
         """``[C]`` number of patches of ``split`` that hold each class (from the manifest)."""
         self.split_ids(split)  # validates the name

@@ -109,3 +109,34 @@ def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path) -> None:
 def test_cli_import_is_light() -> None:
     code = "import sys, misical_gym.cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rgb_array_outlines_the_chosen_patch(tiny_synthetic) -> None:
+    env = gym.make("MiSiCAL-Store", root=str(tiny_synthetic.path), render_mode="rgb_array")
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(0)
+    frame = env.render()
+    image = tiny_synthetic.image(int(tiny_synthetic.patches[info["patch_id"], 0]))[0]
+    assert frame.shape == image.shape and frame.dtype == np.uint8
+    y0, x0, y1, x1 = tiny_synthetic.boxes([info["patch_id"]])[0]
+    assert (frame[y0, x0:x1] == [255, 0, 0]).all() and (frame[y1 - 1, x0:x1] == [255, 0, 0]).all()
+    inside = (slice(y0 + 1, y1 - 1), slice(x0 + 1, x1 - 1))
+    np.testing.assert_array_equal(frame[inside], image[inside])
+
+
+def test_synthetic_id_prepares_its_store_on_first_use(misical_home, monkeypatch, capfd) -> None:
+    import misical_gym.prepare
+
+    real = misical_gym.prepare.prepare_synthetic
+
+    def tiny(out=None, **kwargs):
+        config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3)
+        return real(out, images=24, config=config)
+
+    monkeypatch.setattr(misical_gym.prepare, "prepare_synthetic", tiny)
+    env = gym.make("MiSiCAL-Synthetic", budget=4, pool_size=4)
+    env.reset(seed=0)
+    assert (misical_home / "synthetic" / "manifest.json").is_file()
+    err = capfd.readouterr().err
+    assert "preparing the synthetic feature store" in err and "features" in err
+    gym.make("MiSiCAL-Synthetic")  # the second time, it is simply opened

@@ -113,7 +113,7 @@ def test_actions_outside_the_space_are_errors(tiny_store, bad) -> None:
         ({"reward_values": (0.0, 1.0)}, "reward_values"),
         ({"target_class": "clas3"}, "class3"),
         ({"target_class": 99}, "out of range"),
-        ({"render_mode": "rgb_array"}, "render_mode"),
+        ({"render_mode": "rgb_array"}, "images"),
     ],
 )
 def test_bad_arguments_are_clear_errors(tiny_store, kwargs, match) -> None:
