@@ -64,6 +64,9 @@ def _add_prepare(commands: Any) -> None:
         sub.add_argument("--init-fraction", type=float, default=0.1, help="init share (0.1)")
         sub.add_argument("--grid", default="4x4", help="patch grid ROWSxCOLS (4x4)")
         sub.add_argument("--mc-samples", type=int, default=20, help="MC-dropout samples T (20)")
+        sub.add_argument(
+            "--mc-stride", type=int, default=4, help="head resolution for MC statistics (1/4)"
+        )
         sub.add_argument("--epochs", type=int, default=20, help="segmenter epochs (20)")
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -105,6 +108,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         grid=PatchGrid.parse(args.grid),
         init_fraction=args.init_fraction,
         mc_samples=args.mc_samples,
+        mc_stride=args.mc_stride,
         epochs=args.epochs,
         image_size=None if args.dataset == "synthetic" else args.image_size,
         device=args.device,

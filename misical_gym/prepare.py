@@ -39,6 +39,8 @@ class PrepareConfig:
     """Share of images held out for testing, for datasets without their own test list."""
     mc_samples: int = 20
     """MC-dropout samples T of the head."""
+    mc_stride: int = 4
+    """The head's resolution for MC statistics: encoder features average-pooled by this."""
     epochs: int = 20
     """Segmenter training epochs on the init split."""
     width: int = 16
@@ -55,6 +57,8 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if self.mc_samples < 1:
             raise ValueError(f"--mc-samples must be at least 1, got {self.mc_samples}")
+        if self.mc_stride < 1:
+            raise ValueError(f"--mc-stride must be at least 1, got {self.mc_stride}")
         if self.epochs < 0:
             raise ValueError(f"--epochs must be non-negative, got {self.epochs}")
         for name in ("init_fraction", "test_fraction"):
@@ -197,9 +201,9 @@ def prepare(
             index += 1
         x = torch.from_numpy(np.stack(batch_images)).to(device).permute(0, 3, 1, 2) / 255.0
         rows = slice(start * p, index * p)
-        features[rows] = mc_patch_features(model, x, grid, config.mc_samples).reshape(
-            -1, features.shape[1]
-        )
+        features[rows] = mc_patch_features(
+            model, x, grid, config.mc_samples, config.mc_stride
+        ).reshape(-1, features.shape[1])
         counts[rows] = np.concatenate(
             [patch_class_counts(lab, grid, num_classes) for lab in batch_full_labels]
         )

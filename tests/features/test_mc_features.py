@@ -119,3 +119,18 @@ def test_patch_class_counts_cover_every_labelled_pixel_once() -> None:
         np.testing.assert_array_equal(counts[p], np.bincount(window[window != 255], minlength=4))
     with pytest.raises(ValueError, match="< 4"):
         patch_class_counts(np.full((4, 4), 7, np.uint8), PatchGrid(2, 2), 4)
+
+
+def test_stride_runs_the_head_on_pooled_features(model_and_images) -> None:
+    model, x = model_and_images
+    torch.manual_seed(2)
+    mean_p, bald, class_bald = mc_pixel_statistics(model, x, 4, stride=2)
+    assert mean_p.shape == (2, 5, 6, 8) and bald.shape == (2, 6, 8)
+    z = torch.nn.functional.avg_pool2d(model.encode(x), 2)
+    torch.manual_seed(2)
+    enable_mc_dropout(model)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(model.head(z), 1) for _ in range(4)]).mean(0)
+    torch.testing.assert_close(mean_p, expected)
+    feats = mc_patch_features(model, x, PatchGrid(3, 4), 4, stride=2)
+    assert feats.shape == (2, 12, 13)
