@@ -186,7 +186,27 @@ def summarize(store: Any) -> dict[str, Any]:
     }
 
 
-_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_prepare, _add_inspect]
+# ---------------------------------------------------------------------------- train
+def _add_train(commands: Any) -> None:
+    from misical_gym.train.run import add_train_arguments
+
+    train = commands.add_parser(
+        "train",
+        help="train an agent (DDQN, SB3, heuristic, supervised) and log to TensorBoard",
+        description="Train one agent on one env and target; pretrain on init, then deploy on "
+        "pool. Writes <logdir>/<env>/<target>/<agent>_<seed>/.",
+    )
+    add_train_arguments(train)
+    train.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from misical_gym.train.run import main as train_main
+
+    return train_main(args)
+
+
+_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_prepare, _add_inspect, _add_train]
 
 
 if __name__ == "__main__":

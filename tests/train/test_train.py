@@ -1,0 +1,200 @@
+"""``misical train`` / ``run_training``: every agent, TensorBoard keys, run files, bad flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from misical_gym.cli import main
+from misical_gym.train import AGENTS, load_agent, make_agent, run_training
+
+torch.set_num_threads(1)
+FAST = {
+    "ddqn": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
+    "dqn": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
+    "qrdqn": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
+    "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1},
+    "maskable-ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1},
+    "a2c": {"n_steps": 8},
+}
+COMMON_KEYS = {
+    "rollout/ep_rew_mean",
+    "rollout/ep_len_mean",
+    "time/fps",
+    "al/target_pixels",
+    "al/hit_rate",
+}
+EXTRA_KEYS = {
+    "ddqn": {"train/loss", "rollout/exploration_rate"},
+    "dqn": {"train/loss", "rollout/exploration_rate"},
+    "qrdqn": {"train/loss", "rollout/exploration_rate"},
+    "ppo": {"train/loss"},
+    "maskable-ppo": {"train/loss"},
+    "a2c": {"train/policy_loss"},
+}
+
+
+def env_kwargs(store) -> dict:
+    return {"root": str(store.path), "budget": 8, "pool_size": 8}
+
+
+def scalars(run_dir: Path) -> EventAccumulator:
+    (events,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return accumulator
+
+
+@pytest.mark.parametrize("agent", [a for a in AGENTS])
+def test_every_agent_trains_logs_and_summarises(agent, tiny_store, tmp_path) -> None:
+    run_dir = run_training(
+        agent,
+        "MiSiCAL-Store",
+        env_kwargs=env_kwargs(tiny_store),
+        target="class3",
+        pretrain_steps=240,
+        online_steps=80,
+        seed=0,
+        logdir=tmp_path,
+        hyperparams=FAST.get(agent, {}),
+        device="cpu",
+        eval_episodes=3,
+        progress=False,
+    )
+    assert run_dir == tmp_path / "MiSiCAL-Store" / "class3" / f"{agent}_0"
+    tags = set(scalars(run_dir).Tags()["scalars"])
+    assert COMMON_KEYS | EXTRA_KEYS.get(agent, set()) <= tags, sorted(tags)
+    # Both phases are one curve: its last point is past the pretraining steps.
+    assert max(e.step for e in scalars(run_dir).Scalars("rollout/ep_rew_mean")) > 240
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["phases"] == [{"split": "init", "steps": 240}, {"split": "pool", "steps": 80}]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["timesteps"] == 320 and 0 <= summary["hit_rate"] <= 1
+    assert (run_dir / summary["model"]).is_file()
+
+
+@pytest.mark.parametrize(
+    "agent", ["ddqn", "dqn", "ppo", "maskable-ppo", "supervised", "presence", "random"]
+)
+def test_save_load_predict_gives_the_same_actions(agent, tiny_store, tmp_path) -> None:
+    env = gym.make("MiSiCAL-Store", target_class="class3", **env_kwargs(tiny_store))
+    params = {"seed": 0, **FAST.get(agent, {})}
+    if agent not in ("random", "presence"):
+        params["device"] = "cpu"
+    model = make_agent(agent, env, **params).learn(200)
+    observations, masks = [], []
+    obs, _ = env.reset(seed=5)
+    for _ in range(6):
+        observations.append(obs)
+        masks.append(env.unwrapped.action_masks())
+        obs, *_ = env.step(0)
+    path = model.save(tmp_path / "model")
+    loaded = load_agent(
+        agent, path if path is not None else tmp_path / "model.zip", env, device="cpu"
+    )
+    batch, batch_masks = np.stack(observations), np.stack(masks)
+    if agent == "random":  # a seeded draw: equal seeds give equal picks
+        first, _ = make_agent(agent, env, seed=0).predict(batch, action_masks=batch_masks)
+        again, _ = loaded.predict(batch, action_masks=batch_masks)
+    else:
+        first, _ = model.predict(batch, deterministic=True, action_masks=batch_masks)
+        again, _ = loaded.predict(batch, deterministic=True, action_masks=batch_masks)
+    np.testing.assert_array_equal(first, again)
+    assert batch_masks[np.arange(len(first)), first].all()
+
+
+def test_masks_are_honoured_by_sb3_adapters(tiny_store) -> None:
+    env = gym.make("MiSiCAL-Store", target_class="class3", **env_kwargs(tiny_store))
+    obs, _ = env.reset(seed=0)
+    for agent in ("dqn", "qrdqn", "ppo", "a2c"):
+        model = make_agent(agent, env, device="cpu", seed=0)
+        for allowed in range(8):
+            mask = np.zeros(8, dtype=bool)
+            mask[allowed] = True
+            action, _ = model.predict(obs, action_masks=mask)
+            assert action == allowed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--agent", "sac"], "choose one of ddqn, dqn"),
+        (["--env", "CartPole-v9"], "MiSiCAL-COCO10k"),
+        (["--target", "clas3"], "class3"),
+        (["--env-kwargs", "budget"], "KEY=VALUE"),
+        (["--steps", "-5"], "non-negative"),
+    ],
+)
+def test_bad_flags_are_clear_errors(argv, message, tiny_store, tmp_path, capsys) -> None:
+    base = {
+        "--agent": "random",
+        "--env": "MiSiCAL-Store",
+        "--steps": "10",
+        "--logdir": str(tmp_path),
+    }
+    args = dict(base)
+    extra: list[str] = []
+    for key, value in zip(argv[::2], argv[1::2], strict=True):
+        if key in args:
+            args[key] = value
+        else:
+            extra += [key, value]
+    command = ["train", *[x for kv in args.items() for x in kv], *extra]
+    if "--env-kwargs" not in extra:
+        command += ["--env-kwargs", f"root={tiny_store.path}"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("misical: error:") and message in err
+
+
+def test_unknown_hyperparameter_lists_valid_keys(tiny_store, tmp_path) -> None:
+    override = tmp_path / "hp.yml"
+    override.write_text("MiSiCAL-Store:\n  learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_training(
+            "ddqn",
+            "MiSiCAL-Store",
+            env_kwargs=env_kwargs(tiny_store),
+            steps=10,
+            logdir=tmp_path,
+            hyperparams_file=override,
+            progress=False,
+        )
+
+
+def test_python_dash_m_entry_point(tiny_store, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "misical_gym.train",
+            "--agent",
+            "bald",
+            "--env",
+            "MiSiCAL-Store",
+            "--steps",
+            "16",
+            "--logdir",
+            str(tmp_path),
+            "--eval-episodes",
+            "1",
+            "--env-kwargs",
+            f"root={tiny_store.path}",
+            "budget=8",
+            "pool_size=8",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["agent"] == "bald"

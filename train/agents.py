@@ -1,0 +1,201 @@
+"""One registry of every agent, so a training script swaps agents by name.
+
+``make_agent(name, env, **hyperparams)`` returns an object with SB3's ``learn``, ``predict``
+(with ``action_masks``), ``save`` and ``load``: the package's DDQN, SB3's and sb3-contrib's
+algorithms, the heuristics and the supervised ablation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import yaml
+
+AGENTS: tuple[str, ...] = (
+    "ddqn",
+    "dqn",
+    "qrdqn",
+    "ppo",
+    "a2c",
+    "maskable-ppo",
+    "random",
+    "bald",
+    "entropy",
+    "presence",
+    "supervised",
+    "oracle",
+)
+"""Every agent name; ``oracle`` reads the true counts and is for evaluation only."""
+LEARNING_AGENTS: tuple[str, ...] = (
+    "ddqn",
+    "dqn",
+    "qrdqn",
+    "ppo",
+    "a2c",
+    "maskable-ppo",
+    "supervised",
+)
+HEURISTIC_AGENTS: tuple[str, ...] = ("random", "bald", "entropy", "presence", "oracle")
+SB3_AGENTS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c", "maskable-ppo")
+
+
+def agent_class(name: str) -> Any:
+    """The class behind an agent name (imports torch for the learning agents)."""
+    check_agent(name)
+    if name == "ddqn":
+        from misical_gym.agents.ddqn import DDQN
+
+        return DDQN
+    if name in ("dqn", "ppo", "a2c"):
+        import stable_baselines3
+
+        return getattr(stable_baselines3, name.upper())
+    if name == "qrdqn":
+        from sb3_contrib import QRDQN
+
+        return QRDQN
+    if name == "maskable-ppo":
+        from sb3_contrib import MaskablePPO
+
+        return MaskablePPO
+    if name == "supervised":
+        from misical_gym.agents.supervised import SupervisedPolicy
+
+        return SupervisedPolicy
+    from misical_gym.agents.heuristics import HeuristicPolicy
+
+    return HeuristicPolicy
+
+
+def check_agent(name: str) -> None:
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)}")
+
+
+def default_hyperparams(name: str, env_id: str) -> dict[str, Any]:
+    """The packaged rl-zoo3-style defaults of ``name`` for ``env_id`` (``default`` otherwise)."""
+    check_agent(name)
+    file = resources.files("misical_gym.train") / "hyperparams" / f"{name}.yml"
+    if not file.is_file():
+        return {}
+    return dict(select_env_entry(yaml.safe_load(file.read_text()) or {}, env_id))
+
+
+def select_env_entry(table: dict[str, Any], env_id: str) -> dict[str, Any]:
+    """The entry for ``env_id`` in a file keyed by env id, else its ``default``, else the file."""
+    if env_id in table:
+        return table[env_id] or {}
+    if "default" in table:
+        return table["default"] or {}
+    if any(str(key).startswith("MiSiCAL") for key in table):
+        return {}
+    return table
+
+
+def load_hyperparams(name: str, env_id: str, override_file: str | Path | None) -> dict[str, Any]:
+    """Packaged defaults updated by an override YAML (keyed by env id, or flat)."""
+    params = default_hyperparams(name, env_id)
+    if override_file is not None:
+        path = Path(override_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"hyperparameter file {path} does not exist")
+        params.update(select_env_entry(yaml.safe_load(path.read_text()) or {}, env_id))
+    return params
+
+
+def valid_hyperparams(name: str) -> tuple[str, ...]:
+    """The keyword arguments an agent's constructor accepts (besides the env)."""
+    cls = agent_class(name)
+    skip = {"self", "env", "name", "args", "kwargs"}
+    keys = [k for k in inspect.signature(cls.__init__).parameters if k not in skip]
+    return tuple(keys)
+
+
+def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Any:
+    """Build agent ``name`` on ``env``.
+
+    Args:
+        name: One of :data:`AGENTS`.
+        env: A MiSiCAL environment.
+        **hyperparams: Constructor arguments (``policy`` for SB3 agents defaults to MlpPolicy).
+
+    Raises:
+        ValueError: an unknown agent or hyperparameter key; the message lists the valid ones.
+    """
+    cls = agent_class(name)
+    params = dict(hyperparams)
+    valid = valid_hyperparams(name)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {', '.join(unknown)} for agent {name!r}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    if name in HEURISTIC_AGENTS:
+        return cls(name, env, **params)
+    if "policy" in valid:
+        policy = params.pop("policy", "MlpPolicy")
+        return MaskedSB3(cls(policy, env, **params))
+    return cls(env, **params)
+
+
+def load_agent(name: str, path: str | Path, env: gym.Env, device: str = "auto") -> Any:
+    """Load an agent saved by its ``save``."""
+    model = agent_class(name).load(path, env=env, device=device)
+    return MaskedSB3(model) if name in SB3_AGENTS else model
+
+
+class MaskedSB3:
+    """An SB3 model whose ``predict`` honours ``action_masks`` like the package's agents.
+
+    MaskablePPO masks natively. For DQN and QR-DQN the greedy action is the arg-max of the
+    Q-values over valid actions; for PPO and A2C, of the policy's logits (or a sample from the
+    masked distribution when not deterministic). Everything else is the wrapped model's.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def learn(self, *args: Any, **kwargs: Any) -> MaskedSB3:
+        self.model.learn(*args, **kwargs)
+        return self
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+        action_masks: Any = None,
+    ) -> tuple[Any, Any]:
+        import numpy as np
+        import torch
+
+        if type(self.model).__name__ == "MaskablePPO" or action_masks is None:
+            kwargs = {} if action_masks is None else {"action_masks": action_masks}
+            return self.model.predict(observation, state, episode_start, deterministic, **kwargs)
+        policy = self.model.policy
+        obs, vectorized = policy.obs_to_tensor(observation)
+        masks = torch.as_tensor(np.asarray(action_masks, dtype=bool), device=policy.device)
+        masks = masks.reshape(obs.shape[0], -1)
+        with torch.no_grad():
+            if hasattr(policy, "q_net"):  # DQN
+                scores = policy.q_net(obs)
+            elif hasattr(policy, "quantile_net"):  # QR-DQN
+                scores = policy.quantile_net(obs).mean(dim=1)
+            else:  # actor-critic
+                scores = policy.get_distribution(obs).distribution.logits
+            scores = scores.masked_fill(~masks, -torch.inf)
+            if deterministic or not hasattr(policy, "get_distribution"):
+                actions = scores.argmax(dim=1)
+            else:
+                actions = torch.distributions.Categorical(logits=scores).sample()
+        actions = actions.cpu().numpy()
+        return (actions if vectorized else actions[0]), state

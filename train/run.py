@@ -1,0 +1,258 @@
+"""``misical train``: one agent, one env, one target; pretrain on init, then deploy on pool.
+
+A run directory ``<logdir>/<env>/<target>/<agent>_<seed>/`` holds the TensorBoard events
+(``tb_1/``, the same keys for every agent so their curves overlay), ``config.yaml`` (everything
+needed to reproduce the run), the saved model and ``summary.json`` (the greedy policy's mean
+reward, target pixels per episode and hit rate on held-out pool episodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import yaml
+
+from misical_gym.atomic import atomic_write_text
+from misical_gym.train.agents import (
+    AGENTS,
+    SB3_AGENTS,
+    check_agent,
+    load_hyperparams,
+    make_agent,
+    valid_hyperparams,
+)
+
+
+def make_env(
+    env_id: str, split: str, target: str | int | None, env_kwargs: dict[str, Any]
+) -> gym.Env:
+    """``gym.make`` with a clear error for an unknown id."""
+    import misical_gym  # noqa: F401  (registers the ids)
+
+    if env_id not in gym.registry:
+        known = ", ".join(sorted(k for k in gym.registry if k.startswith("MiSiCAL")))
+        raise ValueError(f"unknown env {env_id!r}; choose one of {known}")
+    kwargs = {**env_kwargs, "split": split}
+    if target is not None:
+        kwargs["target_class"] = target
+    return gym.make(env_id, **kwargs)
+
+
+def target_label(env: gym.Env) -> str:
+    """The run's target as a directory name: the class name, or ``random``."""
+    unwrapped = env.unwrapped
+    if unwrapped.fixed_target is None:
+        return "random"
+    return unwrapped.store.class_names[unwrapped.fixed_target].replace(" ", "_")
+
+
+def evaluate_agent(model: Any, env: gym.Env, episodes: int, seed: int) -> dict[str, float]:
+    """Greedy episodes: mean reward, target pixels per episode and hit rate (picks with target)."""
+    rewards, pixels, hits, steps = [], [], 0, 0
+    for episode in range(episodes):
+        obs, info = env.reset(seed=seed + episode)
+        total_reward, total_pixels, done = 0.0, 0, False
+        while not done:
+            action, _ = model.predict(
+                obs, deterministic=True, action_masks=env.unwrapped.action_masks()
+            )
+            obs, reward, terminated, truncated, info = env.step(int(action))
+            total_reward += float(reward)
+            total_pixels += int(info["target_pixels"])
+            hits += int(info["target_pixels"] > 0)
+            steps += 1
+            done = terminated or truncated
+        rewards.append(total_reward)
+        pixels.append(total_pixels)
+    return {
+        "mean_reward": float(np.mean(rewards)),
+        "target_pixels": float(np.mean(pixels)),
+        "hit_rate": hits / max(steps, 1),
+    }
+
+
+def run_training(
+    agent: str,
+    env_id: str,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    target: str | int | None = None,
+    steps: int | None = None,
+    pretrain_steps: int | None = None,
+    online_steps: int | None = None,
+    seed: int = 0,
+    logdir: str | Path = "runs",
+    hyperparams_file: str | Path | None = None,
+    hyperparams: dict[str, Any] | None = None,
+    device: str = "auto",
+    eval_episodes: int = 20,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train (or roll out) ``agent`` and write its run directory; returns the directory.
+
+    Without ``pretrain_steps``/``online_steps``, ``steps`` are spent on the env's split
+    (``init`` unless ``env_kwargs`` says otherwise). With them, the agent first learns on
+    ``init`` (labels known), then on ``pool`` (labels revealed as patches are acquired), both in
+    one run and one TensorBoard curve.
+    """
+    check_agent(agent)
+    env_kwargs = dict(env_kwargs or {})
+    for name, value in (
+        ("steps", steps),
+        ("pretrain_steps", pretrain_steps),
+        ("online_steps", online_steps),
+    ):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be non-negative, got {value}")
+    if pretrain_steps is not None or online_steps is not None:
+        if steps is not None:
+            raise ValueError("give either --steps or --pretrain-steps/--online-steps, not both")
+        phases = [("init", pretrain_steps or 0), ("pool", online_steps or 0)]
+    else:
+        phases = [(env_kwargs.pop("split", "init"), 10_000 if steps is None else steps)]
+    env_kwargs.pop("split", None)
+    phases = [(split, n) for split, n in phases if n > 0] or [(phases[0][0], 0)]
+
+    params = load_hyperparams(agent, env_id, hyperparams_file)
+    params.update(hyperparams or {})
+    env = make_env(env_id, phases[0][0], target, env_kwargs)
+    run_dir = Path(logdir) / env_id / target_label(env) / f"{agent}_{seed}"
+    if run_dir.exists():
+        if not overwrite:
+            raise FileExistsError(f"run {run_dir} exists; pass --overwrite to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    common = {"seed": seed, "tensorboard_log": str(run_dir), "device": device, "verbose": 0}
+    valid = valid_hyperparams(agent)
+    # SB3 fills policy_kwargs in place: give it a copy, keep ``params`` as the config says.
+    model = make_agent(
+        agent, env, **{k: v for k, v in common.items() if k in valid}, **copy.deepcopy(params)
+    )
+
+    config = {
+        "agent": agent,
+        "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "target": target_label(env),
+        "seed": seed,
+        "phases": [{"split": s, "steps": n} for s, n in phases],
+        "hyperparams": params,
+        "device": device,
+        "eval_episodes": eval_episodes,
+        "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,
+    }
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    start = time.time()
+    for index, (split, n) in enumerate(phases):
+        if index > 0:
+            model.set_env(make_env(env_id, split, target, env_kwargs))
+        learn_phase(
+            model, agent, n, first=index == 0, description=f"{agent} {split}", progress=progress
+        )
+    saved = model.save(run_dir / "model")
+    model_path = Path(saved) if saved is not None else run_dir / "model.zip"
+    eval_env = make_env(env_id, "pool", target, env_kwargs)
+    if agent == "oracle":
+        model.set_env(eval_env)  # the oracle reads the candidates of the env it acts in
+    evaluation = evaluate_agent(model, eval_env, eval_episodes, seed=10_000 + seed)
+    summary = {
+        "agent": agent,
+        "env_id": env_id,
+        "target": config["target"],
+        "seed": seed,
+        "timesteps": sum(n for _, n in phases),
+        "eval_split": "pool",
+        "eval_episodes": eval_episodes,
+        "final_mean_reward": evaluation["mean_reward"],
+        "target_pixels": evaluation["target_pixels"],
+        "hit_rate": evaluation["hit_rate"],
+        "model": model_path.name,
+        "seconds": round(time.time() - start, 2),
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    return run_dir
+
+
+def learn_phase(
+    model: Any, agent: str, steps: int, *, first: bool, description: str, progress: bool
+) -> None:
+    """One ``learn`` call with the TensorBoard keys every agent shares."""
+    if agent in SB3_AGENTS:
+        from misical_gym.train.callbacks import ActiveLearningMetrics, ProgressBar
+
+        callbacks = [ActiveLearningMetrics()] + (
+            [ProgressBar(steps, description)] if progress else []
+        )
+        # On-policy agents count log_interval in rollouts (SB3's A2C default, 100, would be
+        # 3,200 steps at n_steps=32): log every rollout so short runs still draw curves.
+        interval = 1 if agent in ("ppo", "a2c", "maskable-ppo") else 4
+        model.learn(
+            steps,
+            callback=callbacks,
+            log_interval=interval,
+            tb_log_name="tb",
+            reset_num_timesteps=first,
+        )
+    else:
+        model.learn(steps, tb_log_name="tb", reset_num_timesteps=first, progress_bar=progress)
+
+
+# ---------------------------------------------------------------------------- command line
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agent", required=True, help=f"one of: {', '.join(AGENTS)}")
+    parser.add_argument("--env", required=True, help="env id, e.g. MiSiCAL-Synthetic")
+    parser.add_argument(
+        "--env-kwargs", nargs="*", default=[], metavar="K=V", help="env arguments, e.g. budget=32"
+    )
+    parser.add_argument("--target", help="target class name or index (default: the env's)")
+    parser.add_argument("--steps", type=int, help="env steps on the env's split (10000)")
+    parser.add_argument("--pretrain-steps", type=int, help="env steps on split init first")
+    parser.add_argument("--online-steps", type=int, help="then env steps on split pool")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--logdir", type=Path, default=Path("runs"))
+    parser.add_argument("--hyperparams", type=Path, help="YAML overriding the packaged defaults")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--eval-episodes", type=int, default=20, help="greedy pool episodes (20)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
+
+
+def parse_env_kwargs(items: list[str]) -> dict[str, Any]:
+    """``["budget=32", "reward=binary"]`` -> typed values (YAML scalars)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env-kwargs takes KEY=VALUE pairs, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    run_dir = run_training(
+        args.agent,
+        args.env,
+        env_kwargs=parse_env_kwargs(args.env_kwargs),
+        target=args.target,
+        steps=args.steps,
+        pretrain_steps=args.pretrain_steps,
+        online_steps=args.online_steps,
+        seed=args.seed,
+        logdir=args.logdir,
+        hyperparams_file=args.hyperparams,
+        device=args.device,
+        eval_episodes=args.eval_episodes,
+        overwrite=args.overwrite,
+    )
+    print((run_dir / "summary.json").read_text())
+    print(f"run written to {run_dir}; tensorboard --logdir {args.logdir}", file=sys.stderr)
+    return 0
