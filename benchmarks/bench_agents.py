@@ -1,0 +1,169 @@
+"""Agents on equal terms: greedy pool reward after the same env-step budget, per rare class.
+
+For every rare class of the synthetic store, every agent and every seed, ``run_training``
+pretrains on ``init`` and continues on ``pool`` for the same number of env steps, then its
+greedy policy plays held-out ``pool`` episodes. Prints one JSON object (per-class means over
+seeds, the training curves, and the verdicts) and writes a PNG of the curves.
+
+Usage: ``python benchmarks/bench_agents.py [--store DIR] [--pretrain-steps 3000]
+[--online-steps 1000] [--seeds 3] [--workers 2] [--plot agents.png]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+AGENTS = ("ddqn", "dqn", "qrdqn", "ppo", "random", "presence", "bald", "supervised")
+
+
+def one_run(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from misical_gym.train import run_training
+
+    torch.set_num_threads(1)
+    run_dir = run_training(
+        job["agent"],
+        "MiSiCAL-Store",
+        env_kwargs={"root": job["store"]},
+        target=job["target"],
+        pretrain_steps=job["pretrain"],
+        online_steps=job["online"],
+        seed=job["seed"],
+        logdir=job["logdir"],
+        device="cpu",
+        eval_episodes=job["episodes"],
+        progress=False,
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (events,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    curve = [(e.step, e.value) for e in accumulator.Scalars("rollout/ep_rew_mean")]
+    return {**job, "summary": summary, "curve": curve}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, help="store (default: the synthetic store)")
+    parser.add_argument("--pretrain-steps", type=int, default=3000)
+    parser.add_argument("--online-steps", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--episodes", type=int, default=30, help="greedy pool episodes per run")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--plot", type=Path, default=Path("bench_agents.png"))
+    parser.add_argument("--agents", default=",".join(AGENTS))
+    args = parser.parse_args()
+
+    from misical_gym.envs import resolve_store
+
+    store = resolve_store(args.store, "synthetic" if args.store is None else None)
+    targets = [store.class_names[c] for c in store.rare_classes]
+    agents = args.agents.split(",")
+    with tempfile.TemporaryDirectory() as logdir:
+        jobs = [
+            {
+                "agent": agent,
+                "target": target,
+                "seed": seed,
+                "store": str(store.path),
+                "pretrain": args.pretrain_steps,
+                "online": args.online_steps,
+                "episodes": args.episodes,
+                "logdir": logdir,
+            }
+            for target in targets
+            for seed in range(args.seeds)
+            for agent in agents
+        ]
+        with ProcessPoolExecutor(args.workers) as pool:
+            results = list(pool.map(one_run, jobs))
+
+    table: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        table[target] = {}
+        for agent in agents:
+            runs = [r for r in results if r["target"] == target and r["agent"] == agent]
+            rewards = [r["summary"]["final_mean_reward"] for r in runs]
+            pixels = [r["summary"]["target_pixels"] for r in runs]
+            table[target][agent] = {
+                "mean_reward": float(np.mean(rewards)),
+                "std_reward": float(np.std(rewards)),
+                "target_pixels": float(np.mean(pixels)),
+                "hit_rate": float(np.mean([r["summary"]["hit_rate"] for r in runs])),
+                "curve": _mean_curve([r["curve"] for r in runs]),
+            }
+    others = [a for a in agents if a not in ("ddqn", "supervised")]
+    beats = {
+        t: all(table[t]["ddqn"]["mean_reward"] > table[t][a]["mean_reward"] for a in others)
+        for t in targets
+        if "ddqn" in agents
+    }
+    vs_supervised = {
+        t: table[t]["ddqn"]["mean_reward"] - table[t]["supervised"]["mean_reward"]
+        for t in targets
+        if {"ddqn", "supervised"} <= set(agents)
+    }
+    _plot(table, targets, agents, args.plot)
+    report = {
+        "store": str(store.path),
+        "env_steps": args.pretrain_steps + args.online_steps,
+        "pretrain_steps": args.pretrain_steps,
+        "online_steps": args.online_steps,
+        "seeds": args.seeds,
+        "eval_episodes": args.episodes,
+        "results": {
+            t: {a: {k: v for k, v in row.items() if k != "curve"} for a, row in table[t].items()}
+            for t in targets
+        },
+        "ddqn_beats_dqn_and_every_heuristic": beats,
+        "ddqn_beats_them_on_most_rare_classes": sum(beats.values()) > len(beats) / 2,
+        "ddqn_minus_supervised_mean_reward": vs_supervised,
+        "curves": {t: {a: table[t][a]["curve"] for a in agents} for t in targets},
+        "plot": str(args.plot),
+    }
+    print(json.dumps(report, indent=1))
+
+
+def _mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Average curves of several seeds on a common grid of steps."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    grid = np.linspace(0, min(c[-1][0] for c in curves), 20)
+    values = [np.interp(grid, [s for s, _ in c], [v for _, v in c]) for c in curves]
+    return [
+        (int(s), round(float(v), 4)) for s, v in zip(grid, np.mean(values, axis=0), strict=True)
+    ]
+
+
+def _plot(table: dict, targets: list[str], agents: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        for agent in agents:
+            curve = table[target][agent]["curve"]
+            if curve:
+                ax.plot(*zip(*curve, strict=True), label=agent)
+        ax.set_title(f"target: {target}")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("training episode reward (mean of 100)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
