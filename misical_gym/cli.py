@@ -206,7 +206,26 @@ def _run_train(args: argparse.Namespace) -> int:
     return train_main(args)
 
 
-_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_prepare, _add_inspect, _add_train]
+# ---------------------------------------------------------------------------- select
+def _add_select(commands: Any) -> None:
+    from misical_gym.train.select import add_select_arguments
+
+    select = commands.add_parser(
+        "select",
+        help="pick the next patches to annotate for one class (no retraining)",
+        description="Run a policy over the pool split and write the picked patches.",
+    )
+    add_select_arguments(select)
+    select.set_defaults(run=_run_select)
+
+
+def _run_select(args: argparse.Namespace) -> int:
+    from misical_gym.train.select import main as select_main
+
+    return select_main(args)
+
+
+_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_prepare, _add_inspect, _add_train, _add_select]
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Any:
     return cls(env, **params)
 
 
-def load_agent(name: str, path: str | Path, env: gym.Env, device: str = "auto") -> Any:
+def load_agent(name: str, path: str | Path, env: gym.Env | None, device: str = "auto") -> Any:
     """Load an agent saved by its ``save``."""
     model = agent_class(name).load(path, env=env, device=device)
     return MaskedSB3(model) if name in SB3_AGENTS else model
@@ -167,6 +167,19 @@ class MaskedSB3:
         self.model.learn(*args, **kwargs)
         return self
 
+    def scores(self, observation: Any) -> Any:
+        """Per-action preferences ``[B, K]``: Q-values (DQN, QR-DQN mean) or policy logits."""
+        import torch
+
+        policy = self.model.policy
+        obs, _ = policy.obs_to_tensor(observation)
+        with torch.no_grad():
+            if hasattr(policy, "q_net"):  # DQN
+                return policy.q_net(obs)
+            if hasattr(policy, "quantile_net"):  # QR-DQN
+                return policy.quantile_net(obs).mean(dim=1)
+            return policy.get_distribution(obs).distribution.logits  # actor-critic
+
     def predict(
         self,
         observation: Any,
@@ -182,20 +195,13 @@ class MaskedSB3:
             kwargs = {} if action_masks is None else {"action_masks": action_masks}
             return self.model.predict(observation, state, episode_start, deterministic, **kwargs)
         policy = self.model.policy
-        obs, vectorized = policy.obs_to_tensor(observation)
+        vectorized = policy.obs_to_tensor(observation)[1]
+        scores = self.scores(observation)
         masks = torch.as_tensor(np.asarray(action_masks, dtype=bool), device=policy.device)
-        masks = masks.reshape(obs.shape[0], -1)
-        with torch.no_grad():
-            if hasattr(policy, "q_net"):  # DQN
-                scores = policy.q_net(obs)
-            elif hasattr(policy, "quantile_net"):  # QR-DQN
-                scores = policy.quantile_net(obs).mean(dim=1)
-            else:  # actor-critic
-                scores = policy.get_distribution(obs).distribution.logits
-            scores = scores.masked_fill(~masks, -torch.inf)
-            if deterministic or not hasattr(policy, "get_distribution"):
-                actions = scores.argmax(dim=1)
-            else:
-                actions = torch.distributions.Categorical(logits=scores).sample()
+        scores = scores.masked_fill(~masks.reshape(scores.shape), -torch.inf)
+        if deterministic or not hasattr(policy, "get_distribution"):
+            actions = scores.argmax(dim=1)
+        else:
+            actions = torch.distributions.Categorical(logits=scores).sample()
         actions = actions.cpu().numpy()
         return (actions if vectorized else actions[0]), state

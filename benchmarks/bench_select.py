@@ -1,0 +1,70 @@
+"""Seconds to select B = 10,000 patches from a COCO-10k-shaped store (160,000 patches, 171
+classes), with no retraining, for several policies. Prints one JSON object.
+
+Usage: ``python benchmarks/bench_select.py [--budget 10000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import gymnasium as gym
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=10_000)
+    args = parser.parse_args()
+
+    import torch
+
+    from misical_gym.data.classes import COCO_STUFF_CLASSES
+    from misical_gym.testing import write_random_store
+    from misical_gym.train import make_agent
+    from misical_gym.train.select import select_patches
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = write_random_store(
+            Path(tmp) / "coco10k-shaped",
+            num_images=10_000,
+            class_names=COCO_STUFF_CLASSES,
+            image_size=(480, 640),
+        )
+        # An untrained DDQN of the default size: selection cost does not depend on training.
+        env = gym.make("MiSiCAL-Store", root=str(store.path), target_class="skis")
+        run = Path(tmp) / "ddqn"
+        make_agent("ddqn", env, device="cpu", learning_starts=10).learn(50).save(run / "model")
+        (run / "config.yaml").write_text("agent: ddqn\n")
+        (run / "summary.json").write_text(json.dumps({"model": "model.zip"}))
+        seconds = {}
+        for policy in ("random", "presence", str(run)):
+            start = time.perf_counter()
+            selection = select_patches(
+                store.path, policy, "skis", args.budget, device="cpu", seed=0
+            )
+            seconds["ddqn" if policy == str(run) else policy] = round(
+                time.perf_counter() - start, 2
+            )
+            assert len(selection["picks"]) == args.budget
+    print(
+        json.dumps(
+            {
+                "store_patches": 160_000,
+                "classes": 171,
+                "pool_size": 32,
+                "budget": args.budget,
+                "seconds": seconds,
+                "torch_threads": 1,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
