@@ -78,6 +78,7 @@ def prepare(
     config: PrepareConfig = PrepareConfig(),
     *,
     extra_dataset_info: dict[str, Any] | None = None,
+    model: Any = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> FeatureStore:
@@ -89,6 +90,9 @@ def prepare(
         out: Store directory to create.
         config: Settings.
         extra_dataset_info: Merged into the manifest's ``dataset`` field (e.g. rare classes).
+        model: A segmenter to train instead of the default :class:`SmallUNet`: any torch module
+            with ``encode(x)``, ``head(z)``, ``num_classes`` and a ``config`` dict of its
+            constructor arguments (so its checkpoint can be rebuilt).
         overwrite: Replace an existing store.
         progress: Show progress bars.
 
@@ -138,7 +142,11 @@ def prepare(
     build.mkdir(parents=True, exist_ok=True)
     train_config = TrainConfig(epochs=config.epochs, seed=config.seed)
     fingerprint = _fingerprint(
-        [s.spec for s in sources], split_of.tolist(), config.to_dict(), class_names
+        [s.spec for s in sources],
+        split_of.tolist(),
+        config.to_dict(),
+        class_names,
+        None if model is None else [type(model).__qualname__, model.config],
     )
     checkpoint = build / "segmenter.pt"
     done = build / "segmenter.done.json"
@@ -154,7 +162,12 @@ def prepare(
         test = np.flatnonzero(split_of == SPLITS.index("test"))[:200]
         images, labels = _stack(network_item(i) for i in init)
         val = _stack(network_item(i) for i in test) if test.size else (None, None)
-        model = SmallUNet(num_classes, width=config.width)
+        if model is None:
+            model = SmallUNet(num_classes, width=config.width)
+        elif model.num_classes != num_classes:
+            raise ValueError(
+                f"the segmenter predicts {model.num_classes} classes, not {num_classes}"
+            )
         history = train_segmenter(
             model,
             images,
@@ -257,6 +270,7 @@ def prepare_synthetic(
     seed: int = SYNTHETIC_DEFAULTS["seed"],
     image_size: int = SYNTHETIC_DEFAULTS["image_size"],
     config: PrepareConfig | None = None,
+    model: Any = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> FeatureStore:
@@ -276,6 +290,7 @@ def prepare_synthetic(
         out if out is not None else default_store_path("synthetic"),
         config,
         extra_dataset_info={"rare_classes": list(world.rare_classes)},
+        model=model,
         overwrite=overwrite,
         progress=progress,
     )

@@ -12,6 +12,7 @@ import pytest
 
 from misical_gym.cli import main
 from misical_gym.prepare import PrepareConfig, prepare_synthetic
+from misical_gym.segmenter import SmallUNet
 from misical_gym.store import FeatureStore
 
 TINY = ["--images", "40", "--epochs", "1", "--mc-samples", "2", "--init-fraction", "0.3"]
@@ -140,3 +141,17 @@ def test_synthetic_id_prepares_its_store_on_first_use(misical_home, monkeypatch,
     err = capfd.readouterr().err
     assert "preparing the synthetic feature store" in err and "features" in err
     gym.make("MiSiCAL-Synthetic")  # the second time, it is simply opened
+
+
+class Custom(SmallUNet):
+    """A user module with the encode/head split (here a narrower U-Net)."""
+
+
+def test_a_user_segmenter_can_be_plugged_in(tmp_path) -> None:
+    from misical_gym.segmenter import load_segmenter
+
+    custom = Custom(num_classes=20, width=4)
+    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3)
+    store = prepare_synthetic(tmp_path / "s", images=16, config=config, model=custom)
+    loaded = load_segmenter(store.segmenter_checkpoint)
+    assert type(loaded).__qualname__.endswith("Custom") and loaded.config["width"] == 4
