@@ -15,32 +15,10 @@ from typing import Any
 import gymnasium as gym
 import yaml
 
-AGENTS: tuple[str, ...] = (
-    "ddqn",
-    "dqn",
-    "qrdqn",
-    "ppo",
-    "a2c",
-    "maskable-ppo",
-    "random",
-    "bald",
-    "entropy",
-    "presence",
-    "supervised",
-    "oracle",
-)
-"""Every agent name; ``oracle`` reads the true counts and is for evaluation only."""
-LEARNING_AGENTS: tuple[str, ...] = (
-    "ddqn",
-    "dqn",
-    "qrdqn",
-    "ppo",
-    "a2c",
-    "maskable-ppo",
-    "supervised",
-)
-HEURISTIC_AGENTS: tuple[str, ...] = ("random", "bald", "entropy", "presence", "oracle")
 SB3_AGENTS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c", "maskable-ppo")
+HEURISTIC_AGENTS: tuple[str, ...] = ("random", "bald", "entropy", "presence", "oracle")
+AGENTS: tuple[str, ...] = ("ddqn", *SB3_AGENTS, "supervised", *HEURISTIC_AGENTS)
+"""Every agent name; ``oracle`` reads the true counts and is for evaluation only."""
 
 
 def agent_class(name: str) -> Any:

@@ -125,7 +125,7 @@ def test_masks_are_honoured_by_sb3_adapters(tiny_store) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--agent", "sac"], "choose one of ddqn, dqn"),
+        (["--agent", "sac"], "choose one of ddqn, dqn, qrdqn"),
         (["--env", "CartPole-v9"], "MiSiCAL-COCO10k"),
         (["--target", "clas3"], "class3"),
         (["--env-kwargs", "budget"], "KEY=VALUE"),
