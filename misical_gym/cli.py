@@ -225,7 +225,33 @@ def _run_select(args: argparse.Namespace) -> int:
     return select_main(args)
 
 
-_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_prepare, _add_inspect, _add_train, _add_select]
+# ---------------------------------------------------------------------------- evaluate
+def _add_evaluate(commands: Any) -> None:
+    from misical_gym.train.evaluate import add_evaluate_arguments
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="per-class comparison of policies with random (the paper's table)",
+        description="For every target, policy and seed: select from the pool without "
+        "retraining, then count the target pixels acquired. Resumes in the same --out.",
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from misical_gym.train.evaluate import main as evaluate_main
+
+    return evaluate_main(args)
+
+
+_SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_prepare,
+    _add_inspect,
+    _add_train,
+    _add_select,
+    _add_evaluate,
+]
 
 
 if __name__ == "__main__":
