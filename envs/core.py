@@ -27,7 +27,7 @@ _PREPARE_HINTS = {
     "coco10k": "misical prepare coco10k --root /path/to/cocostuff-10k-v1.1",
     "synthetic": "misical prepare synthetic",
 }
-_open_stores: dict[str, FeatureStore] = {}
+_open_stores: dict[tuple[str, int], FeatureStore] = {}
 
 
 def resolve_store(root: str | os.PathLike[str] | None, store_name: str | None) -> FeatureStore:
@@ -61,7 +61,9 @@ def resolve_store(root: str | os.PathLike[str] | None, store_name: str | None) -
             )
     else:
         path = Path(root).expanduser()
-    key = str(path.resolve())
+    manifest = path / MANIFEST
+    # Keyed by the manifest's mtime too: a store prepared again in place is opened afresh.
+    key = (str(path.resolve()), manifest.stat().st_mtime_ns if manifest.is_file() else 0)
     if key not in _open_stores:
         _open_stores[key] = FeatureStore.open(path)
     return _open_stores[key]
