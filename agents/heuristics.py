@@ -1,10 +1,15 @@
 """Heuristic policies with the SB3 interface: they score each candidate's observation row.
 
 ``random``, ``bald`` (highest patch-mean BALD), ``entropy`` (highest predictive entropy) and
-``presence`` (highest predicted share of the target) read only the observation. ``oracle`` reads
-the candidates' true target counts from the environment's store: an upper bound for evaluation,
-not a policy over observations. ``learn`` rolls the policy out (so its curves overlay with the
+``presence`` (highest predicted share of the target) read only the observation, by the columns
+the env names in ``feature_names``. ``learn`` rolls the policy out (so its curves overlay with the
 learning agents' in TensorBoard) and changes nothing.
+
+``oracle`` is not a policy over observations. Observations never hold the oracle counts, so it
+reads the candidates' store ids and the target from the environment it is bound to
+(``env.unwrapped.compact_state()``) and picks the candidate with the most target pixels: an upper
+bound for evaluation only. It therefore acts on one observation at a time, the one that
+environment shows now, and refuses a batch or any other observation.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ class HeuristicPolicy(RolloutLearner):
 
     Args:
         name: One of :data:`HEURISTICS`.
-        env: A MiSiCAL environment (its ``candidate_shape`` and ``feature_names`` define rows).
+        env: A MiSiCAL environment (its ``candidate_shape`` and ``feature_names`` define rows;
+            for ``oracle``, the environment whose current candidates it scores).
         seed: Seed of tie-breaking (and of every pick for ``random``).
         tensorboard_log: Where :meth:`learn` writes its rollout curves (SB3 layout).
+        verbose: SB3's verbosity of :meth:`learn`'s logger.
     """
 
     def __init__(
@@ -60,11 +67,22 @@ class HeuristicPolicy(RolloutLearner):
         if self.name == "random":
             return self.rng.random(rows.shape[:2])
         if self.name == "oracle":
-            state = self.env.unwrapped.compact_state()
-            ids, target = state[:-2], state[-2]
-            counts = np.asarray(self.env.unwrapped.store.counts[np.maximum(ids, 0), target])
-            return np.broadcast_to(np.where(ids >= 0, counts, -1), rows.shape[:2]).astype(float)
+            return self._oracle_scores(rows)
         return rows[..., self.column]
+
+    def _oracle_scores(self, rows: np.ndarray) -> np.ndarray:
+        """True target pixels of the env's current candidates (-1 for empty slots)."""
+        env = self.env.unwrapped
+        state = env.compact_state()
+        shown = env.observation_from_compact(state).reshape(self.candidate_shape)
+        if rows.shape[0] != 1 or not np.array_equal(rows[0], shown):
+            raise ValueError(
+                "the oracle reads the true counts of the candidates its environment shows now: "
+                "give it that environment's current observation, one at a time"
+            )
+        ids, target = state[:-2], state[-2]
+        counts = np.asarray(env.store.counts[np.maximum(ids, 0), target])
+        return np.where(ids >= 0, counts, -1)[None].astype(float)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path).with_suffix(".json")

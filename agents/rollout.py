@@ -140,5 +140,5 @@ class RolloutLearner:
         )
         elapsed = max(time.time() - start, 1e-9)
         logger.record("time/fps", int((self.num_timesteps - steps) / elapsed))
-        logger.record("time/total_timesteps", self.num_timesteps)
+        logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         logger.dump(step=self.num_timesteps)

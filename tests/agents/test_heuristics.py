@@ -54,6 +54,19 @@ def test_oracle_picks_the_most_target_pixels(env, tiny_store) -> None:
         obs, _, terminated, _, info = env.step(action)
 
 
+def test_oracle_acts_only_on_its_envs_current_observation(env) -> None:
+    policy = HeuristicPolicy("oracle", env)
+    obs, _ = env.reset(seed=3)
+    stale = obs.copy()
+    env.step(0)
+    with pytest.raises(ValueError, match="current observation"):
+        policy.predict(stale)
+    obs = env.unwrapped.observation_from_compact(env.unwrapped.compact_state())
+    policy.predict(obs)
+    with pytest.raises(ValueError, match="one at a time"):
+        policy.predict(np.stack([obs, obs]))
+
+
 def test_unknown_heuristic(env) -> None:
     with pytest.raises(ValueError, match="choose one of random, bald"):
         HeuristicPolicy("greedy", env)
