@@ -7,6 +7,9 @@ acquires (revealed by annotation). It then scores candidates greedily by predict
 
 Tuned to be a fair baseline: a small MLP, class-balanced loss (targets are rare), Adam with
 early stopping on a held-out fifth, and refitting on everything seen after each ``learn``.
+Inputs are used raw, as the DDQN sees them: standardising them was tried and scored no better
+(synthetic world, skis, 3,000 init + 1,000 pool steps, 2 seeds: mean greedy pool reward 2.24
+standardised against 2.39 raw).
 """
 
 from __future__ import annotations
@@ -57,23 +60,24 @@ class SupervisedPolicy(RolloutLearner):
         super().__init__(env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         from misical_gym.segmenter import resolve_device
 
+        # Cast now, so a value of the wrong type fails here and not in the first fit.
         self.config = {
-            "hidden": hidden,
-            "learning_rate": learning_rate,
-            "max_epochs": max_epochs,
-            "patience": patience,
-            "batch_size": batch_size,
-            "max_rows": max_rows,
+            "hidden": int(hidden),
+            "learning_rate": float(learning_rate),
+            "max_epochs": int(max_epochs),
+            "patience": int(patience),
+            "batch_size": int(batch_size),
+            "max_rows": int(max_rows),
         }
         self.device = resolve_device(device)
         torch.manual_seed(0 if seed is None else seed)
-        f = self.candidate_shape[1]
+        f, width = self.candidate_shape[1], self.config["hidden"]
         self.classifier = nn.Sequential(
-            nn.Linear(f, hidden),
+            nn.Linear(f, width),
             nn.ReLU(),
-            nn.Linear(hidden, hidden),
+            nn.Linear(width, width),
             nn.ReLU(),
-            nn.Linear(hidden, 1),
+            nn.Linear(width, 1),
         ).to(self.device)
         self.fitted = False
         self._rows: list[np.ndarray] = []
