@@ -1,5 +1,9 @@
 """``python -m misical_gym.train ...`` is ``misical train ...``."""
 
+from __future__ import annotations
+
+import sys
+
 from misical_gym.cli import main
 
-raise SystemExit(main(["train", *__import__("sys").argv[1:]]))
+raise SystemExit(main(["train", *sys.argv[1:]]))

@@ -75,13 +75,36 @@ def select_env_entry(table: dict[str, Any], env_id: str) -> dict[str, Any]:
 
 
 def load_hyperparams(name: str, env_id: str, override_file: str | Path | None) -> dict[str, Any]:
-    """Packaged defaults updated by an override YAML (keyed by env id, or flat)."""
+    """Packaged defaults updated by an override YAML (keyed by env id, or flat).
+
+    Raises:
+        FileNotFoundError: the override file does not exist.
+        ValueError: it is not a YAML mapping, or it is keyed by env ids with neither ``env_id``
+            nor ``default`` among them (the message lists its keys).
+    """
     params = default_hyperparams(name, env_id)
-    if override_file is not None:
-        path = Path(override_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"hyperparameter file {path} does not exist")
-        params.update(select_env_entry(yaml.safe_load(path.read_text()) or {}, env_id))
+    if override_file is None:
+        return params
+    path = Path(override_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"hyperparameter file {path} does not exist")
+    try:
+        table = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"hyperparameter file {path} is not valid YAML: {exc}") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"hyperparameter file {path} must hold a mapping of names to values")
+    keyed_by_env = any(str(key).startswith("MiSiCAL") for key in table)
+    if keyed_by_env and env_id not in table and "default" not in table:
+        # A misspelt env id would otherwise drop every override without a word.
+        raise ValueError(
+            f"hyperparameter file {path} has no entry for {env_id!r} and no 'default'; "
+            f"its entries: {', '.join(map(str, table))}"
+        )
+    entry = select_env_entry(table, env_id)
+    if not isinstance(entry, dict):
+        raise ValueError(f"hyperparameter file {path}: the entry for {env_id!r} is not a mapping")
+    params.update(entry)
     return params
 
 
@@ -91,6 +114,17 @@ def valid_hyperparams(name: str) -> tuple[str, ...]:
     skip = {"self", "env", "name", "args", "kwargs"}
     keys = [k for k in inspect.signature(cls.__init__).parameters if k not in skip]
     return tuple(keys)
+
+
+def check_hyperparams(name: str, hyperparams: dict[str, Any]) -> None:
+    """Raise ValueError, listing the valid keys, when agent ``name`` takes no such keyword."""
+    valid = valid_hyperparams(name)
+    unknown = sorted(set(hyperparams) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {', '.join(unknown)} for agent {name!r}; "
+            f"valid keys: {', '.join(valid)}"
+        )
 
 
 def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Any:
@@ -106,16 +140,10 @@ def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Any:
     """
     cls = agent_class(name)
     params = dict(hyperparams)
-    valid = valid_hyperparams(name)
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown hyperparameter(s) {', '.join(unknown)} for agent {name!r}; "
-            f"valid keys: {', '.join(valid)}"
-        )
+    check_hyperparams(name, params)
     if name in HEURISTIC_AGENTS:
         return cls(name, env, **params)
-    if "policy" in valid:
+    if "policy" in valid_hyperparams(name):
         policy = params.pop("policy", "MlpPolicy")
         return MaskedSB3(cls(policy, env, **params))
     return cls(env, **params)

@@ -2,15 +2,18 @@
 
 A run directory ``<logdir>/<env>/<target>/<agent>_<seed>/`` holds the TensorBoard events
 (``tb_1/``, the same keys for every agent so their curves overlay), ``config.yaml`` (everything
-needed to reproduce the run), the saved model and ``summary.json`` (the greedy policy's mean
-reward, target pixels per episode and hit rate on held-out pool episodes).
+needed to reproduce the run, with the ``misical train`` command that does), ``hyperparams.yml``
+(the resolved hyperparameters that command reads), the saved model and ``summary.json`` (the
+greedy policy's mean reward, target pixels per episode and hit rate on held-out pool episodes).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -21,11 +24,13 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
+import misical_gym
 from misical_gym.atomic import atomic_write_text
 from misical_gym.train.agents import (
     AGENTS,
     SB3_AGENTS,
     check_agent,
+    check_hyperparams,
     load_hyperparams,
     make_agent,
     valid_hyperparams,
@@ -35,16 +40,31 @@ from misical_gym.train.agents import (
 def make_env(
     env_id: str, split: str, target: str | int | None, env_kwargs: dict[str, Any]
 ) -> gym.Env:
-    """``gym.make`` with a clear error for an unknown id."""
-    import misical_gym  # noqa: F401  (registers the ids)
+    """``gym.make`` of a MiSiCAL env, with clear errors for an unknown id or argument.
 
-    if env_id not in gym.registry:
-        known = ", ".join(sorted(k for k in gym.registry if k.startswith("MiSiCAL")))
-        raise ValueError(f"unknown env {env_id!r}; choose one of {known}")
+    ``import misical_gym`` has registered the ids.
+    """
+    from misical_gym.envs import MiSiCALEnv
+
+    ours = sorted(k for k, spec in gym.registry.items() if _is_misical(spec.entry_point))
+    if env_id not in ours:
+        raise ValueError(f"unknown env {env_id!r}; choose one of {', '.join(ours)}")
+    valid = [k for k in inspect.signature(MiSiCALEnv.__init__).parameters if k != "self"]
+    unknown = sorted(set(env_kwargs) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown env argument(s) {', '.join(unknown)}; valid ones: {', '.join(valid)}"
+        )
     kwargs = {**env_kwargs, "split": split}
     if target is not None:
         kwargs["target_class"] = target
     return gym.make(env_id, **kwargs)
+
+
+def _is_misical(entry_point: Any) -> bool:
+    """Whether a registry entry point builds this package's env (a string or a class)."""
+    name = entry_point if isinstance(entry_point, str) else getattr(entry_point, "__module__", "")
+    return str(name).startswith("misical_gym.")
 
 
 def target_label(env: gym.Env) -> str:
@@ -127,30 +147,46 @@ def run_training(
     params.update(hyperparams or {})
     env = make_env(env_id, phases[0][0], target, env_kwargs)
     run_dir = Path(logdir) / env_id / target_label(env) / f"{agent}_{seed}"
-    if run_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"run {run_dir} exists; pass --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    if run_dir.exists() and not overwrite:
+        raise FileExistsError(f"run {run_dir} exists; pass --overwrite to replace it")
     common = {"seed": seed, "tensorboard_log": str(run_dir), "device": device, "verbose": 0}
     valid = valid_hyperparams(agent)
-    # SB3 fills policy_kwargs in place: give it a copy, keep ``params`` as the config says.
-    model = make_agent(
-        agent, env, **{k: v for k, v in common.items() if k in valid}, **copy.deepcopy(params)
-    )
+    if "device" in valid:
+        from misical_gym.segmenter import resolve_device
 
+        resolve_device(device)  # a clear error for cuda without a GPU, before any work
+    # Built before the run directory exists, so a bad hyperparameter leaves nothing behind.
+    # SB3 fills policy_kwargs in place: give it a copy, keep ``params`` as the config says.
+    check_hyperparams(agent, params)
+    try:
+        model = make_agent(
+            agent, env, **{k: v for k, v in common.items() if k in valid}, **copy.deepcopy(params)
+        )
+    except (TypeError, ValueError, AssertionError) as exc:  # SB3 checks arguments with asserts
+        raise ValueError(f"agent {agent!r} rejected its hyperparameters {params}: {exc}") from exc
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+
+    store = env.unwrapped.store
+    fixed = env.unwrapped.fixed_target
     config = {
         "agent": agent,
         "env_id": env_id,
         "env_kwargs": env_kwargs,
-        "target": target_label(env),
+        "target": "random" if fixed is None else store.class_names[fixed],
+        "store": str(store.path),
+        "package_version": misical_gym.__version__,
         "seed": seed,
         "phases": [{"split": s, "steps": n} for s, n in phases],
         "hyperparams": params,
         "device": device,
         "eval_episodes": eval_episodes,
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,
     }
+    # The resolved hyperparameters as a file --hyperparams reads, so the command is exact.
+    hyperparams_path = run_dir / "hyperparams.yml"
+    atomic_write_text(hyperparams_path, yaml.safe_dump({env_id: params}, sort_keys=False))
+    config["command"] = train_command(config, hyperparams_path)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     start = time.time()
     for index, (split, n) in enumerate(phases):
@@ -181,6 +217,32 @@ def run_training(
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     return run_dir
+
+
+def train_command(config: dict[str, Any], hyperparams_file: Path) -> str:
+    """The ``misical train`` command that repeats the run ``config`` describes.
+
+    ``hyperparams_file`` holds the run's resolved hyperparameters; ``--logdir`` is left to the
+    user (an existing run is never replaced without ``--overwrite``).
+    """
+    phases = config["phases"]
+    env_kwargs = dict(config["env_kwargs"])
+    if [p["split"] for p in phases] == ["init", "pool"]:
+        steps = ["--pretrain-steps", phases[0]["steps"], "--online-steps", phases[1]["steps"]]
+    else:
+        steps = ["--steps", phases[0]["steps"]]
+        if phases[0]["split"] != "init":
+            env_kwargs["split"] = phases[0]["split"]
+    words: list[Any] = ["misical", "train", "--agent", config["agent"], "--env", config["env_id"]]
+    if env_kwargs:
+        # JSON spells non-strings as YAML reads them back (true, null, [0.0, 0.05]).
+        words += ["--env-kwargs"] + [
+            f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in env_kwargs.items()
+        ]
+    words += ["--target", config["target"], *steps, "--seed", config["seed"]]
+    words += ["--device", config["device"], "--eval-episodes", config["eval_episodes"]]
+    words += ["--hyperparams", hyperparams_file.resolve()]
+    return shlex.join(str(w) for w in words)
 
 
 def learn_phase(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import gymnasium as gym
@@ -127,6 +128,8 @@ def test_masks_are_honoured_by_sb3_adapters(tiny_store) -> None:
     [
         (["--agent", "sac"], "choose one of ddqn, dqn, qrdqn"),
         (["--env", "CartPole-v9"], "MiSiCAL-COCO10k"),
+        (["--env", "CartPole-v1"], "choose one of MiSiCAL-COCO10k"),  # registered, not ours
+        (["--env-kwargs", "bugdet=3"], "valid ones: root"),
         (["--target", "clas3"], "class3"),
         (["--env-kwargs", "budget"], "KEY=VALUE"),
         (["--steps", "-5"], "non-negative"),
@@ -154,10 +157,59 @@ def test_bad_flags_are_clear_errors(argv, message, tiny_store, tmp_path, capsys)
     assert err.startswith("misical: error:") and message in err
 
 
-def test_unknown_hyperparameter_lists_valid_keys(tiny_store, tmp_path) -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(tiny_store, tmp_path, capsys) -> None:
+    command = ["train", "--agent", "ddqn", "--env", "MiSiCAL-Store", "--device", "cuda"]
+    command += ["--logdir", str(tmp_path), "--env-kwargs", f"root={tiny_store.path}"]
+    assert main(command) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_a_bad_hyperparameter_value_is_a_clear_error(tiny_store, tmp_path, capsys) -> None:
+    override = tmp_path / "hp.yml"
+    override.write_text("default:\n  learning_rate: fast\n")
+    for agent in ("ddqn", "dqn", "supervised"):
+        command = ["train", "--agent", agent, "--env", "MiSiCAL-Store", "--steps", "10"]
+        command += ["--logdir", str(tmp_path / "runs"), "--hyperparams", str(override)]
+        assert main([*command, "--env-kwargs", f"root={tiny_store.path}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"misical: error: agent '{agent}' rejected its hyperparameters")
+        assert "fast" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_hyperparameter_lists_valid_keys_and_leaves_no_run(tiny_store, tmp_path) -> None:
     override = tmp_path / "hp.yml"
     override.write_text("MiSiCAL-Store:\n  learning_rat: 0.1\n")
-    with pytest.raises(ValueError, match="learning_rate"):
+    logdir = tmp_path / "runs"
+    run = {
+        "env_kwargs": env_kwargs(tiny_store),
+        "target": "class3",
+        "steps": 10,
+        "logdir": logdir,
+        "eval_episodes": 1,
+        "progress": False,
+    }
+    with pytest.raises(ValueError, match=r"valid keys: .*learning_rate"):
+        run_training("ddqn", "MiSiCAL-Store", hyperparams_file=override, **run)
+    assert not (logdir / "MiSiCAL-Store" / "class3" / "ddqn_0").exists()
+    # So the corrected command needs no --overwrite.
+    override.write_text("MiSiCAL-Store:\n  learning_rate: 0.1\n")
+    run_training("ddqn", "MiSiCAL-Store", hyperparams_file=override, device="cpu", **run)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("MiSiCAL-Synthtic:\n  learning_rate: 0.1\n", r"no entry for 'MiSiCAL-Store'.*Synthtic"),
+        ("learning_rate: [0.1\n", "not valid YAML"),
+        ("- learning_rate\n", "mapping"),
+    ],
+)
+def test_bad_hyperparameter_files(text, message, tiny_store, tmp_path) -> None:
+    override = tmp_path / "hp.yml"
+    override.write_text(text)
+    with pytest.raises(ValueError, match=message):
         run_training(
             "ddqn",
             "MiSiCAL-Store",
@@ -167,6 +219,42 @@ def test_unknown_hyperparameter_lists_valid_keys(tiny_store, tmp_path) -> None:
             hyperparams_file=override,
             progress=False,
         )
+
+
+def test_config_command_reproduces_the_run(tiny_store, tmp_path, capsys) -> None:
+    override = tmp_path / "hp.yml"
+    override.write_text("default:\n  hidden: 8\n")
+    first = run_training(
+        "supervised",
+        "MiSiCAL-Store",
+        env_kwargs={**env_kwargs(tiny_store), "reward": "binary"},
+        target=3,
+        pretrain_steps=60,
+        online_steps=20,
+        seed=2,
+        logdir=tmp_path / "a",
+        hyperparams_file=override,
+        hyperparams={"patience": 2},  # set in Python: the command must carry it too
+        device="cpu",
+        eval_episodes=2,
+        progress=False,
+    )
+    config = yaml.safe_load((first / "config.yaml").read_text())
+    assert config["target"] == "class3"
+    assert config["hyperparams"]["hidden"] == 8 and config["hyperparams"]["patience"] == 2
+    argv = shlex.split(config["command"])
+    assert argv[:2] == ["misical", "train"]
+    assert main([*argv[1:], "--logdir", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    again = tmp_path / "b" / first.relative_to(tmp_path / "a")
+    repeated = yaml.safe_load((again / "config.yaml").read_text())
+    assert repeated["hyperparams"] == config["hyperparams"]
+    assert repeated["env_kwargs"] == config["env_kwargs"]
+    assert repeated["phases"] == config["phases"]
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (first, again)]
+    for summary in summaries:
+        summary.pop("seconds")
+    assert summaries[0] == summaries[1]
 
 
 def test_python_dash_m_entry_point(tiny_store, tmp_path) -> None:
