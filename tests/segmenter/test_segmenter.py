@@ -10,6 +10,8 @@ from misical_gym.segmenter import (
     SmallUNet,
     TrainConfig,
     class_weights,
+    cpu_threads,
+    default_threads,
     iou_from_confusion,
     load_segmenter,
     save_segmenter,
@@ -99,3 +101,12 @@ def test_iou_from_confusion() -> None:
     iou = iou_from_confusion(confusion)
     assert iou[0] == pytest.approx(3 / 4) and iou[1] == pytest.approx(2 / 3)
     assert np.isnan(iou[2])
+
+
+def test_cpu_threads_restores_the_callers_setting() -> None:
+    before = torch.get_num_threads()
+    with cpu_threads(None) as threads:
+        assert threads == default_threads() >= 1 and torch.get_num_threads() == threads
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"), cpu_threads(0):
+        pass
