@@ -70,6 +70,7 @@ def _add_prepare(commands: Any) -> None:
         sub.add_argument("--epochs", type=int, default=20, help="segmenter epochs (20)")
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        sub.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
         sub.set_defaults(run=_run_prepare, default_name=default_name)
 
@@ -102,7 +103,7 @@ def _add_prepare(commands: Any) -> None:
 def _run_prepare(args: argparse.Namespace) -> int:
     from misical_gym.data import PatchGrid
     from misical_gym.paths import default_store_path
-    from misical_gym.prepare import PrepareConfig, prepare, prepare_synthetic, trainval_test_splits
+    from misical_gym.prepare import PrepareConfig, prepare, prepare_synthetic
 
     config = PrepareConfig(
         grid=PatchGrid.parse(args.grid),
@@ -113,6 +114,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         image_size=None if args.dataset == "synthetic" else args.image_size,
         device=args.device,
         seed=args.seed,
+        threads=args.threads,
     )
     out = args.out or default_store_path(args.default_name)
     if args.dataset == "synthetic":
@@ -125,18 +127,19 @@ def _run_prepare(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     else:
-        from misical_gym.data import CocoJson, CocoStuff10k, CocoStuff164k
+        from misical_gym.data import CocoJson, CocoStuff10k, CocoStuff164k, SegmentationDataset
 
+        datasets: list[SegmentationDataset]
         if args.dataset == "coco10k":
-            trainval, test = CocoStuff10k(args.root, "train"), CocoStuff10k(args.root, "test")
+            datasets = [CocoStuff10k(args.root, "train"), CocoStuff10k(args.root, "test")]
         elif args.dataset == "coco164k":
-            trainval = CocoStuff164k(args.root, args.split)
-            test = CocoStuff164k(args.root, args.test_split)
+            datasets = [
+                CocoStuff164k(args.root, args.split),
+                CocoStuff164k(args.root, args.test_split),
+            ]
         else:
-            trainval, test = CocoJson(args.images, args.annotations), None
-        sources = [trainval] if test is None else [trainval, test]
-        splits = trainval_test_splits(trainval, test, config)
-        store = prepare(sources, splits, out, config, overwrite=args.overwrite)
+            datasets = [CocoJson(args.images, args.annotations)]
+        store = prepare(datasets, out, config, overwrite=args.overwrite)
     print(json.dumps(summarize(store), indent=1))
     print(f"store written to {store.path}", file=sys.stderr)
     return 0

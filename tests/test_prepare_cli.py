@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import textwrap
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
 from misical_gym.cli import main
-from misical_gym.prepare import PrepareConfig, prepare_synthetic
+from misical_gym.data.synthetic import SyntheticScenes
+from misical_gym.errors import StoreError
+from misical_gym.prepare import PrepareConfig, prepare, prepare_synthetic
 from misical_gym.segmenter import SmallUNet
-from misical_gym.store import FeatureStore
+from misical_gym.store import SPLITS, FeatureStore
 
 TINY = ["--images", "40", "--epochs", "1", "--mc-samples", "2", "--init-fraction", "0.3"]
 
@@ -67,7 +71,7 @@ def test_inspect_prints_a_json_summary(tiny_synthetic, capsys) -> None:
     assert set(summary["segmenter_test_iou"]) == set(tiny_synthetic.class_names)
 
 
-def test_prepare_resumes_after_training(tmp_path, monkeypatch) -> None:
+def test_prepare_resumes_after_training_with_identical_features(tmp_path, monkeypatch) -> None:
     config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3)
     first = prepare_synthetic(tmp_path / "s", images=24, config=config, progress=False)
 
@@ -78,10 +82,86 @@ def test_prepare_resumes_after_training(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(misical_gym.segmenter, "train_segmenter", no_training)
     monkeypatch.setattr(misical_gym.segmenter.training, "train_segmenter", no_training)
+    # Feature settings are not training settings: the cached segmenter still serves.
+    again = prepare_synthetic(
+        tmp_path / "s", images=24, config=config, overwrite=True, progress=False, batch_size=5
+    )
+    np.testing.assert_array_equal(np.asarray(first.counts), np.asarray(again.counts))
+    assert not np.array_equal(first.features, again.features)  # other batches, other masks
     again = prepare_synthetic(
         tmp_path / "s", images=24, config=config, overwrite=True, progress=False
     )
-    np.testing.assert_array_equal(np.asarray(first.counts), np.asarray(again.counts))
+    # Seeded dropout masks: resuming gives the very same features as training afresh.
+    np.testing.assert_array_equal(np.asarray(first.features), np.asarray(again.features))
+
+
+def test_failed_prepare_leaves_no_store_and_no_temporary_arrays(tmp_path, monkeypatch) -> None:
+    import misical_gym.features
+
+    real, calls = misical_gym.features.mc_patch_features, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory, say")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(misical_gym.features, "mc_patch_features", failing)
+    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, batch_size=8)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        prepare_synthetic(tmp_path / "s", images=24, config=config, progress=False)
+    assert len(calls) == 2
+    with pytest.raises(StoreError):
+        FeatureStore.open(tmp_path / "s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.build"]
+    assert sorted(p.name for p in (tmp_path / "s.build").iterdir()) == [
+        "segmenter.done.json",
+        "segmenter.pt",
+        "tb",
+    ]
+
+
+def test_prepare_killed_while_writing_leaves_no_store_then_resumes(tmp_path) -> None:
+    """SIGKILL ``prepare`` in the middle of writing the store; a rerun finishes it."""
+    out = tmp_path / "s"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, numpy as np
+        import misical_gym.store as store_module
+        from misical_gym.prepare import PrepareConfig, prepare_synthetic
+        real_save = np.save
+        def dying_save(file, array, *args, **kwargs):
+            real_save(file, array, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)  # after the first array, before the manifest
+        store_module.np.save = dying_save
+        config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, threads=1)
+        prepare_synthetic({str(out)!r}, images=16, config=config, progress=False)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script])
+    assert result.returncode == -signal.SIGKILL
+    with pytest.raises(StoreError):
+        FeatureStore.open(out)
+    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3)
+    store = prepare_synthetic(out, images=16, config=config, progress=False)
+    assert store.num_patches == 16 * 16
+
+
+def test_prepare_takes_a_train_and_a_test_dataset(tmp_path) -> None:
+    train, test = SyntheticScenes(20, seed=1), SyntheticScenes(6, seed=2)
+    store = prepare(
+        [train, test], tmp_path / "s", epochs=1, mc_samples=2, grid="2x2", progress=False
+    )
+    assert store.grid.rows == store.grid.cols == 2
+    codes = np.asarray(store.patches[:, 3]).reshape(26, 4)[:, 0]
+    assert (codes[20:] == SPLITS.index("test")).all()
+    assert (codes[:20] == SPLITS.index("init")).sum() == 2 and (codes[:20] == 1).sum() == 18
+    assert store.dataset["sources"] == [train.spec, test.spec]
+    image, label = store.image(25)  # the last image comes from the test dataset
+    np.testing.assert_array_equal(image, test[5][0])
+    assert store.manifest["config"]["prepare"]["mc_samples"] == 2
+    with pytest.raises(TypeError, match="unknown prepare setting"):
+        prepare(train, tmp_path / "t", mc_sample=2)
 
 
 def test_existing_store_is_not_overwritten_silently(tiny_synthetic, capsys) -> None:
@@ -95,6 +175,7 @@ def test_existing_store_is_not_overwritten_silently(tiny_synthetic, capsys) -> N
         (["prepare", "synthetic", "--grid", "4by4"], "ROWSxCOLS"),
         (["prepare", "synthetic", "--mc-samples", "0"], "mc-samples"),
         (["prepare", "synthetic", "--init-fraction", "1.5"], "init_fraction"),
+        (["prepare", "synthetic", "--threads", "0"], "threads"),
         (["prepare", "coco10k", "--root", "/nonexistent/cocostuff"], "/nonexistent/cocostuff"),
         (["inspect", "/nonexistent/store"], "misical prepare"),
     ],
