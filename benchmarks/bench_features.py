@@ -6,7 +6,8 @@ and samples only the 1x1 head, accumulating the same per-patch statistics.
 
 Head-only MC runs at ``prepare``'s default stride (the head on encoder features pooled 4x4).
 
-Usage: ``python benchmarks/bench_features.py [--images 64] [--samples 20] [--threads 2]``.
+Usage: ``python benchmarks/bench_features.py [--images 64] [--samples 20] [--threads N]``
+(default threads: as ``prepare``, half the cores).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from misical_gym.data import PatchGrid
 from misical_gym.data.synthetic import CLASS_NAMES, SyntheticScenes
 from misical_gym.features import mc_patch_features
 from misical_gym.prepare import SYNTHETIC_DEFAULTS, PrepareConfig
-from misical_gym.segmenter import SmallUNet
+from misical_gym.segmenter import SmallUNet, default_threads
 
 
 class FullModelMC(torch.nn.Module):
@@ -62,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="images per timed batch")
     parser.add_argument("--samples", type=int, default=20, help="MC samples T")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="CPU threads")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--stride", type=int, default=PrepareConfig().mc_stride, help="MC stride")
     args = parser.parse_args()

@@ -6,10 +6,15 @@ keep running means (class probabilities, pixel entropy and per-class binary entr
 
 The head runs on encoder features average-pooled by ``stride`` (4 by default in ``prepare``).
 The per-sample statistics (a softmax, an entropy and C binary entropies per pixel) cost far more
-than a 1x1 head, so this is where the time goes; at stride 4 a 64-px synthetic image keeps 4x4
-head pixels per patch. Measured against stride 1 on the synthetic world (1,500 images, T=20):
-presence columns correlate at 0.9996 (mean absolute difference 0.002), and the average
-precision of finding each rare class with any presence-based score changes by at most 7%.
+than a 1x1 head, so this is where the time goes: at stride 1, head-only MC costs about 14
+deterministic passes, at stride 2 about 3.6, at stride 4 about 1.4. At stride 4 a 64-px
+synthetic image keeps 4x4 head pixels per patch. Measured against stride 1 (the default
+segmenter trained by ``prepare``, 1,500 images of an unseen world seed, T=20): presence columns
+correlate at 0.9995 (mean absolute difference 0.002), class-BALD at 0.991, BALD mean at 0.96,
+predictive entropy at 0.98, and BALD max at 0.83 (a maximum over 16 instead of 256 pixels).
+The average precision of finding a rare class changes by at most 3.5% with a "context and
+look-alike" presence score; the rare class's own presence score, near chance either way, drops
+from 0.014 to 0.012 for skis.
 """
 
 from __future__ import annotations
