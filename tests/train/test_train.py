@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from misical_gym.cli import main
 from misical_gym.train import AGENTS, load_agent, make_agent, run_training
+from misical_gym.train.agents import HEURISTIC_AGENTS, check_hyperparams, default_hyperparams
 
 torch.set_num_threads(1)
 FAST = {
@@ -121,6 +122,40 @@ def test_masks_are_honoured_by_sb3_adapters(tiny_store) -> None:
             mask[allowed] = True
             action, _ = model.predict(obs, action_masks=mask)
             assert action == allowed
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_packaged_hyperparameters_cover_both_envs_with_valid_keys(agent) -> None:
+    learns = agent not in HEURISTIC_AGENTS
+    for env_id in ("MiSiCAL-Synthetic", "MiSiCAL-COCO10k", "MiSiCAL-Store"):
+        params = default_hyperparams(agent, env_id)
+        assert bool(params) == learns, (agent, env_id)
+        check_hyperparams(agent, params)
+
+
+def test_maskable_ppo_learns_with_the_envs_masks(tiny_store) -> None:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class CountMasked(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps = self.masked = 0
+
+        def _on_step(self) -> bool:
+            self.steps += len(self.locals["infos"])
+            self.masked += sum(bool(i["masked_action"]) for i in self.locals["infos"])
+            return True
+
+    # More slots than init patches: every step has empty, masked slots.
+    env = gym.make(
+        "MiSiCAL-Store", root=str(tiny_store.path), budget=8, pool_size=200, target_class=3
+    )
+    counts = {}
+    for agent in ("maskable-ppo", "ppo"):
+        callback = CountMasked()
+        make_agent(agent, env, seed=0, device="cpu", **FAST[agent]).learn(128, callback=callback)
+        counts[agent] = callback.masked
+    assert counts["maskable-ppo"] == 0 and counts["ppo"] > 0, counts
 
 
 @pytest.mark.parametrize(
