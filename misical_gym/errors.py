@@ -13,3 +13,7 @@ class DatasetError(MisicalError, ValueError):
 
 class StoreError(MisicalError, ValueError):
     """A feature store is missing, corrupt, or does not match what was asked for."""
+
+
+class MissingDependencyError(MisicalError, ImportError):
+    """An optional extra that the asked-for feature needs is not installed."""

@@ -4,7 +4,9 @@ For every (target, policy, seed) job the policy picks ``budget`` pool patches wi
 retraining; the job records the target pixels acquired, the hit rate (share of picks holding
 the target) and the acquisition curve. Learned policies are first trained per target through
 :func:`~misical_gym.train.run.run_training` (pretrain on init, continue on pool); those runs are
-cached by a hash of their configuration. Every finished job is one JSON file under
+cached by a hash of their configuration. A policy named ``<agent>-goal`` (e.g. ``ddqn-goal``)
+is one goal-conditioned policy per seed, trained once with a new random target every episode
+and then asked for each target in turn. Every finished job is one JSON file under
 ``DIR/jobs/``, written atomically, so a killed evaluation resumes where it stopped and never
 leaves a half-written row; the tables, the summary, the report and the plots are rebuilt from
 those files at the end.
@@ -13,11 +15,14 @@ those files at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,10 +30,41 @@ from typing import Any
 import numpy as np
 
 from misical_gym.atomic import atomic_write_text
+from misical_gym.errors import MissingDependencyError
 from misical_gym.train.agents import AGENTS, HEURISTIC_AGENTS
 
 DEFAULT_POLICIES = ("ddqn", "dqn", "random", "bald", "entropy", "presence", "supervised")
 RESULT_FIELDS = ("target", "target_id", "policy", "seed", "target_pixels", "hit_rate", "iou")
+
+
+GOAL_SUFFIX = "-goal"
+"""``<agent>-goal`` names one goal-conditioned policy per seed (trained with a new random target
+every episode) that serves every target, beside the paper's one policy per target."""
+
+
+def policy_agent(policy: str) -> tuple[str, bool]:
+    """The agent a policy name trains, and whether it is goal-conditioned."""
+    if policy.endswith(GOAL_SUFFIX):
+        agent = policy[: -len(GOAL_SUFFIX)]
+        if agent in AGENTS and agent not in HEURISTIC_AGENTS:
+            return agent, True
+    if policy not in AGENTS:
+        learned = [a for a in AGENTS if a not in HEURISTIC_AGENTS]
+        raise ValueError(
+            f"unknown policy {policy!r}; choose from {', '.join(AGENTS)}, or a learned agent "
+            f"with {GOAL_SUFFIX!r} for one goal-conditioned policy ({', '.join(learned)})"
+        )
+    return policy, False
+
+
+@contextlib.contextmanager
+def _training_lock(cache: Path) -> Iterator[None]:
+    """One trainer per cached configuration: the jobs of every target share a goal-conditioned
+    policy and may start at once, in other processes."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def job_name(target: str, policy: str, seed: int) -> str:
@@ -45,12 +81,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     policy, target, seed = job["policy"], job["target"], job["seed"]
+    agent, goal_conditioned = policy_agent(policy)
     reference = policy
-    if policy not in HEURISTIC_AGENTS:
+    if agent not in HEURISTIC_AGENTS:
         training = {
-            "agent": policy,
+            "agent": agent,
             "store": job["store"],
-            "target": target,
+            "target": "random" if goal_conditioned else target,
             "seed": seed,
             "pretrain_steps": job["pretrain_steps"],
             "online_steps": job["online_steps"],
@@ -58,24 +95,26 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         }
         key = hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:16]
         cache = Path(job["cache"]) / key
-        runs = list(cache.glob(f"*/*/{policy}_{seed}/summary.json"))
-        if runs:
-            run_dir = runs[0].parent
-        else:
-            run_dir = run_training(
-                policy,
-                "MiSiCAL-Store",
-                env_kwargs={"root": job["store"], "pool_size": job["pool_size"]},
-                target=target,
-                pretrain_steps=job["pretrain_steps"],
-                online_steps=job["online_steps"],
-                seed=seed,
-                logdir=cache,
-                device="cpu",
-                eval_episodes=1,
-                overwrite=True,
-                progress=False,
-            )
+        with _training_lock(cache):
+            runs = list(cache.glob(f"*/*/{agent}_{seed}/summary.json"))
+            if runs:
+                run_dir = runs[0].parent
+            else:
+                run_dir = run_training(
+                    agent,
+                    "MiSiCAL-Store",
+                    env_kwargs={"root": job["store"], "pool_size": job["pool_size"]},
+                    target=training["target"],
+                    pretrain_steps=job["pretrain_steps"],
+                    online_steps=job["online_steps"],
+                    seed=seed,
+                    logdir=cache,
+                    device="cpu",
+                    eval_episodes=1,
+                    overwrite=True,
+                    progress=False,
+                    threads=1,
+                )
         reference = str(run_dir)
     selection = select_patches(
         job["store"], reference, target, job["budget"], pool_size=job["pool_size"], seed=seed
@@ -107,14 +146,26 @@ def evaluate(
     pretrain_steps: int = 3000,
     online_steps: int = 1000,
     workers: int = 1,
+    use_ray: bool = False,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Run every missing job, then write results, summary, report and plots into ``out``."""
+    """Run every missing job, then write results, summary, report and plots into ``out``.
+
+    Jobs run one after the other by default, in ``workers`` local processes when
+    ``workers > 1``, or as Ray tasks when ``use_ray`` (see :func:`_run_on_ray`); the executor
+    does not change the results.
+    """
     from misical_gym.store import FeatureStore
 
+    if use_ray and workers > 1:
+        raise ValueError("--workers and --ray are mutually exclusive: Ray schedules the jobs")
+    if ray_address is not None and not use_ray:
+        raise ValueError("--ray-address needs --ray")
+    if use_ray:
+        _import_ray()  # fail before any work when the extra is missing
     store = FeatureStore.open(store_path)
     for policy in policies:
-        if policy not in AGENTS:
-            raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(AGENTS)}")
+        policy_agent(policy)  # a clear error for an unknown name before any work
     if "random" not in policies:
         raise ValueError("the evaluation compares with random: include it in --policies")
     if budget < 1 or seeds < 1:
@@ -135,7 +186,7 @@ def evaluate(
                 if not (jobs_dir / f"{job_name(target, policy, seed)}.json").is_file():
                     todo.append(
                         {
-                            "store": str(store.path),
+                            "store": str(store.path.resolve()),
                             "target": target,
                             "policy": policy,
                             "seed": seed,
@@ -149,7 +200,11 @@ def evaluate(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="evaluate", unit="job")
-    if workers > 1:
+    if use_ray:
+        for row in _run_on_ray(todo, ray_address):
+            _save_job(jobs_dir, row)
+            bar.update()
+    elif workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             for row in pool.map(run_job, todo):
                 _save_job(jobs_dir, row)
@@ -169,6 +224,50 @@ def evaluate(
 def _save_job(jobs_dir: Path, row: dict[str, Any]) -> None:
     name = job_name(row["target"], row["policy"], row["seed"])
     atomic_write_text(jobs_dir / f"{name}.json", json.dumps(row))
+
+
+def _import_ray() -> Any:
+    """Ray, imported only when ``--ray`` is asked for: it is an optional extra."""
+    try:
+        import ray
+    except ImportError as error:
+        raise MissingDependencyError(
+            'Ray is not installed; --ray needs the optional extra: pip install "misical-gym[ray]"'
+        ) from error
+    return ray
+
+
+def _run_on_ray(jobs: list[dict[str, Any]], address: str | None) -> Iterator[dict[str, Any]]:
+    """Run ``run_job`` on every job as a Ray task; yield each row as soon as its task ends.
+
+    Connects with ``ray.init(address=address)``: an existing cluster at ``address``, or a new
+    local one when ``address`` is None (unless ``RAY_ADDRESS`` names one). A connection the
+    caller already opened with ``ray.init`` is reused and left open; one opened here is shut
+    down at the end. Paths are made absolute, so every node must see the store (and ``out``)
+    at the same path and have this package installed.
+    """
+    if not jobs:
+        return
+    ray = _import_ray()
+    connected_here = not ray.is_initialized()
+    if connected_here:
+        ray.init(address=address)
+    pending: list[Any] = []
+    try:
+        task = ray.remote(num_cpus=1)(run_job)
+        for job in jobs:
+            job = {**job, "store": str(Path(job["store"]).resolve())}
+            job["cache"] = str(Path(job["cache"]).resolve())
+            pending.append(task.remote(job))
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+    finally:
+        for ref in pending:  # interrupted or failed: do not leave jobs running on the cluster
+            ray.cancel(ref)
+        if connected_here:
+            ray.shutdown()
 
 
 def summarize(
@@ -277,13 +376,31 @@ def _plots(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> No
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--targets", default="all", help="all, or comma-separated class names")
-    parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="comma-separated")
+    parser.add_argument(
+        "--policies",
+        default=",".join(DEFAULT_POLICIES),
+        help="comma-separated agents; <agent>-goal is one goal-conditioned policy (ddqn-goal)",
+    )
     parser.add_argument("--budget", type=int, default=100, help="patches per selection (100)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--pool-size", type=int, default=32)
     parser.add_argument("--pretrain-steps", type=int, default=3000)
     parser.add_argument("--online-steps", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=1, help="local processes")
+    executor = parser.add_mutually_exclusive_group()
+    executor.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="run the jobs in N local processes (1)"
+    )
+    executor.add_argument(
+        "--ray",
+        action="store_true",
+        help='run the jobs as Ray tasks (needs pip install "misical-gym[ray]")',
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --ray: the cluster to connect to (default: start a local one)",
+    )
     parser.add_argument("--out", type=Path, required=True)
 
 
@@ -299,6 +416,8 @@ def main(args: argparse.Namespace) -> int:
         pretrain_steps=args.pretrain_steps,
         online_steps=args.online_steps,
         workers=args.workers,
+        use_ray=args.ray,
+        ray_address=args.ray_address,
     )
     for policy, row in summary["policies"].items():
         print(f"{policy}: beats random on {row['beats_random']} of {row['classes']} classes")

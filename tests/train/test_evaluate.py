@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +14,7 @@ from misical_gym.cli import main
 from misical_gym.train.evaluate import evaluate
 
 KW = {"targets": ["class3", "class5"], "budget": 12, "seeds": 2, "pool_size": 8}
+LEARNED = {**KW, "targets": ["class3"], "seeds": 1, "pretrain_steps": 60, "online_steps": 20}
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +95,20 @@ def test_process_pool_gives_the_same_results(evaluated, tiny_store, tmp_path) ->
     )
 
 
-def test_learned_policies_are_trained_once_and_cached(tiny_store, tmp_path) -> None:
-    kwargs = {**KW, "targets": ["class3"], "seeds": 1, "pretrain_steps": 60, "online_steps": 20}
-    evaluate(tiny_store.path, tmp_path, policies=("random", "ddqn"), **kwargs)
-    runs = list((tmp_path / "training").glob("*/*/*/ddqn_0/summary.json"))
+@pytest.fixture(scope="module")
+def learned(tiny_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("learned")
+    summary = evaluate(tiny_store.path, out, policies=("random", "ddqn"), **LEARNED)
+    return out, summary
+
+
+def test_learned_policies_are_trained_once_and_cached(learned, tiny_store) -> None:
+    out, _ = learned
+    runs = list((out / "training").glob("*/*/*/ddqn_0/summary.json"))
     assert len(runs) == 1
-    (tmp_path / "jobs" / "class3__ddqn__0.json").unlink()
+    (out / "jobs" / "class3__ddqn__0.json").unlink()
     stamp = runs[0].stat().st_mtime_ns
-    evaluate(tiny_store.path, tmp_path, policies=("random", "ddqn"), **kwargs)
+    evaluate(tiny_store.path, out, policies=("random", "ddqn"), **LEARNED)
     assert runs[0].stat().st_mtime_ns == stamp  # the cached training run was reused
 
 
@@ -109,3 +118,55 @@ def test_cli_errors(tiny_store, tmp_path, capsys) -> None:
     assert "unknown policy 'greedy'" in capsys.readouterr().err
     assert main([*argv, "presence"]) == 2
     assert "include it" in capsys.readouterr().err
+
+
+def _rows(out) -> list[str]:
+    return sorted(map(json.dumps, json.loads((out / "results.json").read_text())))
+
+
+def test_ray_gives_the_same_results(evaluated, learned, tiny_store, tmp_path) -> None:
+    """The heuristics through the CLI, and one learned policy, each against the local run."""
+    import ray  # in the test extra, so this runs wherever the tests run
+
+    out, summary = evaluated
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        argv = ["evaluate", "--store", str(tiny_store.path), "--out", str(tmp_path / "ray")]
+        argv += ["--targets", "class3,class5", "--policies", "random,presence,bald,oracle"]
+        argv += ["--budget", "12", "--seeds", "2", "--pool-size", "8", "--ray"]
+        assert main(argv) == 0
+        assert ray.is_initialized()  # a connection opened by the caller is left open
+        on_ray = evaluate(
+            tiny_store.path,
+            tmp_path / "ray-learned",
+            policies=("random", "ddqn"),
+            use_ray=True,
+            **LEARNED,
+        )
+    finally:
+        ray.shutdown()
+    assert _rows(tmp_path / "ray") == _rows(out)
+    assert json.loads((tmp_path / "ray" / "summary.json").read_text()) == summary
+    assert _rows(tmp_path / "ray-learned") == _rows(learned[0])
+    assert on_ray == learned[1]
+    assert len(list((tmp_path / "ray-learned" / "jobs").glob("*.json"))) == 2
+
+
+def test_executor_errors(tiny_store, tmp_path, monkeypatch, capsys) -> None:
+    argv = ["evaluate", "--store", str(tiny_store.path), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main([*argv, "--workers", "2", "--ray"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main([*argv, "--ray-address", "auto"]) == 2
+    assert "--ray-address needs --ray" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        evaluate(tiny_store.path, tmp_path, workers=2, use_ray=True)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    assert main([*argv, "--ray"]) == 2
+    assert 'pip install "misical-gym[ray]"' in capsys.readouterr().err
+    assert not (tmp_path / "jobs").exists()  # nothing ran
+
+
+def test_importing_the_package_does_not_import_ray() -> None:
+    code = "import misical_gym, misical_gym.train.evaluate, sys; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
