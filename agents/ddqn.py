@@ -343,6 +343,11 @@ class DDQN:
                 "observations); use replay='raw' or the env the replay was filled from"
             )
 
+    @property
+    def candidate_shape(self) -> tuple[int, int]:
+        """``(K, F)``: candidates per observation and features per candidate it was built for."""
+        return self._spec.candidate_shape
+
     # ------------------------------------------------------------------ training loop
     @property
     def logger(self) -> Logger:

@@ -57,6 +57,16 @@ def load_policy(policy: str, env: gym.Env, device: str = "auto", seed: int = 0) 
     raise ValueError(f"{path} is not a model this package can load ({'; '.join(errors)})")
 
 
+def row_width(model: Any, pool_size: int) -> int | None:
+    """Features per candidate the policy was trained on (None for a heuristic)."""
+    if hasattr(model, "candidate_shape"):  # the package's DDQN, built for any K
+        return int(model.candidate_shape[1])
+    space = getattr(model, "observation_space", None)
+    if space is None or space.shape is None:
+        return None
+    return int(np.prod(space.shape)) // pool_size
+
+
 def candidate_scores(model: Any, obs: np.ndarray, env: gym.Env) -> np.ndarray:
     """The policy's preference for each candidate of one observation (``[K]``)."""
     rows = obs.reshape(env.unwrapped.candidate_shape)
@@ -85,15 +95,26 @@ def select_patches(
     """Pick ``budget`` pool patches; returns the picks with their image ids, boxes and scores."""
     import misical_gym  # noqa: F401  (registers the ids)
 
-    env = gym.make(
-        "MiSiCAL-Store",
-        root=str(store),
-        split="pool",
-        budget=budget,
-        pool_size=pool_size,
-        target_class=target,
-    )
+    def make_env(target_onehot: bool) -> gym.Env:
+        return gym.make(
+            "MiSiCAL-Store",
+            root=str(store),
+            split="pool",
+            budget=budget,
+            pool_size=pool_size,
+            target_class=target,
+            target_onehot=target_onehot,
+        )
+
+    env = make_env(target_onehot=False)
     model = load_policy(policy, env, device, seed)
+    if (
+        row_width(model, pool_size)
+        == env.unwrapped.candidate_shape[1] + env.unwrapped.store.num_classes
+    ):
+        # A goal-conditioned policy (trained on target_class="random") reads the target as a
+        # one-hot in every candidate's row.
+        env = make_env(target_onehot=True)
     obs, info = env.reset(seed=seed)
     picks: list[dict[str, Any]] = []
     terminated = False
