@@ -239,7 +239,7 @@ def _prepare(
         image, label = sources[source][item]
         if config.image_size is None:
             return image, label, label
-        return (*_resize(image, label, config.image_size), label)
+        return (*resize_example(image, label, config.image_size), label)
 
     # ------------------------------------------------ segmenter (cached in the build folder)
     build = out.with_name(out.name + ".build")
@@ -420,7 +420,11 @@ def _stack(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     return np.stack([image for image, _ in pairs]), np.stack([label for _, label in pairs])
 
 
-def _resize(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def resize_example(
+    image: np.ndarray, label: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (bilinear) and ``label`` (nearest) resized to ``size`` x ``size``, as prepare
+    does; retraining on acquired patches resizes the same way."""
     from PIL import Image
 
     resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))

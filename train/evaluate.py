@@ -6,10 +6,12 @@ the target) and the acquisition curve. Learned policies are first trained per ta
 :func:`~misical_gym.train.run.run_training` (pretrain on init, continue on pool); those runs are
 cached by a hash of their configuration. A policy named ``<agent>-goal`` (e.g. ``ddqn-goal``)
 is one goal-conditioned policy per seed, trained once with a new random target every episode
-and then asked for each target in turn. Every finished job is one JSON file under
-``DIR/jobs/``, written atomically, so a killed evaluation resumes where it stopped and never
-leaves a half-written row; the tables, the summary, the report and the plots are rebuilt from
-those files at the end.
+and then asked for each target in turn. With ``--retrain`` a job also fine-tunes the store's
+segmenter on init plus its picks (labelled inside the picked patches only) and records the
+target's test IoU (:func:`~misical_gym.segmenter.retrain.retrain_iou`). Every finished job is
+one JSON file under ``DIR/jobs/``, written atomically, so a killed evaluation resumes where it
+stopped and never leaves a half-written row; the tables, the summary, the report and the plots
+are rebuilt from those files at the end.
 """
 
 from __future__ import annotations
@@ -122,6 +124,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     store = FeatureStore.open(job["store"])
     ids = np.array([p["patch_id"] for p in selection["picks"]], dtype=np.int64)
     counts = np.asarray(store.counts[ids, selection["target_id"]], dtype=np.int64)
+    iou = None
+    if job.get("retrain"):
+        from misical_gym.segmenter.retrain import retrain_iou
+
+        value = retrain_iou(
+            store, selection["target_id"], ids, seed=seed, epochs=job["retrain_epochs"]
+        )
+        iou = None if np.isnan(value) else value  # NaN: the class is nowhere in the test split
     return {
         "target": selection["target"],
         "target_id": selection["target_id"],
@@ -129,7 +139,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "seed": seed,
         "target_pixels": int(counts.sum()),
         "hit_rate": float((counts > 0).mean()) if counts.size else 0.0,
-        "iou": None,
+        "iou": iou,
+        "retrain_epochs": job["retrain_epochs"] if job.get("retrain") else None,
         "curve": np.cumsum(counts).tolist(),
     }
 
@@ -148,12 +159,20 @@ def evaluate(
     workers: int = 1,
     use_ray: bool = False,
     ray_address: str | None = None,
+    retrain: bool = False,
+    retrain_epochs: int | None = None,
 ) -> dict[str, Any]:
     """Run every missing job, then write results, summary, report and plots into ``out``.
 
     Jobs run one after the other by default, in ``workers`` local processes when
     ``workers > 1``, or as Ray tasks when ``use_ray`` (see :func:`_run_on_ray`); the executor
     does not change the results.
+
+    With ``retrain``, every job also records ``iou``: the target's test IoU after fine-tuning
+    the store's segmenter for ``retrain_epochs`` epochs (None: ``DEFAULT_RETRAIN_EPOCHS`` of
+    :mod:`misical_gym.segmenter.retrain`) on init plus its picks, and the summary gets an
+    ``iou`` block per policy. A job file written without retraining, or with other epochs, is
+    run again. Without ``retrain`` every ``iou`` is None.
     """
     from misical_gym.store import FeatureStore
 
@@ -170,6 +189,15 @@ def evaluate(
         raise ValueError("the evaluation compares with random: include it in --policies")
     if budget < 1 or seeds < 1:
         raise ValueError("--budget and --seeds must be positive")
+    if retrain:
+        from misical_gym.segmenter.retrain import DEFAULT_RETRAIN_EPOCHS, check_retrainable
+
+        retrain_epochs = DEFAULT_RETRAIN_EPOCHS if retrain_epochs is None else retrain_epochs
+        if retrain_epochs < 0:
+            raise ValueError(f"--retrain-epochs must be non-negative, got {retrain_epochs}")
+        check_retrainable(store)  # a clear error before any work
+    elif retrain_epochs is not None:
+        raise ValueError("--retrain-epochs needs --retrain")
     if targets == "all":
         names = [
             n for n, k in zip(store.class_names, store.class_patches("pool"), strict=True) if k
@@ -183,7 +211,8 @@ def evaluate(
     for target in names:
         for policy in policies:
             for seed in range(seeds):
-                if not (jobs_dir / f"{job_name(target, policy, seed)}.json").is_file():
+                done = jobs_dir / f"{job_name(target, policy, seed)}.json"
+                if not _job_done(done, retrain_epochs if retrain else None):
                     todo.append(
                         {
                             "store": str(store.path.resolve()),
@@ -195,6 +224,8 @@ def evaluate(
                             "pretrain_steps": pretrain_steps,
                             "online_steps": online_steps,
                             "cache": str(out / "training"),
+                            "retrain": retrain,
+                            "retrain_epochs": retrain_epochs if retrain else None,
                         }
                     )
     from tqdm.auto import tqdm
@@ -215,10 +246,29 @@ def evaluate(
             bar.update()
     bar.close()
     rows = [json.loads(p.read_text()) for p in sorted(jobs_dir.glob("*.json"))]
-    rows = [r for r in rows if r["target"] in names and r["policy"] in policies]
+    rows = [
+        {**r, "iou": r.get("iou") if retrain else None}
+        for r in rows
+        if r["target"] in names and r["policy"] in policies
+    ]
     summary = summarize(rows, policies, names, store.rare_classes, store.class_names)
+    if retrain:
+        ious = summarize(rows, policies, names, store.rare_classes, store.class_names, "iou")
+        for policy, block in ious["policies"].items():
+            summary["policies"][policy]["iou"] = block
+        summary["retrain_epochs"] = retrain_epochs
     write_outputs(out, rows, summary)
     return summary
+
+
+def _job_done(path: Path, retrain_epochs: int | None) -> bool:
+    """Whether the job file at ``path`` answers this run: it exists and, when retraining, holds
+    an IoU measured with the same epochs (a file from a run without ``--retrain`` does not)."""
+    if not path.is_file():
+        return False
+    if retrain_epochs is None:
+        return True
+    return json.loads(path.read_text()).get("retrain_epochs") == retrain_epochs
 
 
 def _save_job(jobs_dir: Path, row: dict[str, Any]) -> None:
@@ -276,24 +326,32 @@ def summarize(
     targets: list[str],
     rare: tuple[int, ...],
     class_names: tuple[str, ...],
+    metric: str = "target_pixels",
 ) -> dict[str, Any]:
-    """Per policy: classes where its mean target pixels over seeds beat random's.
+    """Per policy: classes where its mean ``metric`` over seeds beats random's.
 
-    ``beats_random_significant`` counts the classes where a one-sided Mann–Whitney U test of
-    its per-seed target pixels against random's gives p < 0.05.
+    ``metric`` is a row field, ``target_pixels`` or ``iou``; rows where it is None (no IoU:
+    the class is in no test image) are left out. ``beats_random_significant`` counts the
+    classes where a one-sided Mann–Whitney U test of its per-seed values against random's
+    gives p < 0.05.
     """
     from scipy.stats import mannwhitneyu
 
-    def pixels(policy: str, target: str) -> np.ndarray:
+    def values(policy: str, target: str) -> np.ndarray:
         return np.array(
-            [r["target_pixels"] for r in rows if r["policy"] == policy and r["target"] == target]
+            [
+                r[metric]
+                for r in rows
+                if r["policy"] == policy and r["target"] == target and r[metric] is not None
+            ],
+            dtype=np.float64,
         )
 
-    out: dict[str, Any] = {"policies": {}, "targets": targets, "metric": "target_pixels"}
+    out: dict[str, Any] = {"policies": {}, "targets": targets, "metric": metric}
     for policy in policies:
         wins, significant, gains = 0, 0, {}
         for target in targets:
-            mine, random = pixels(policy, target), pixels("random", target)
+            mine, random = values(policy, target), values("random", target)
             if mine.size == 0 or random.size == 0:
                 continue
             gains[target] = float(mine.mean() - random.mean())
@@ -337,6 +395,26 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
             f"| {policy} | {row['beats_random']} | {row['beats_random_significant']} | "
             f"{row['classes']} |"
         )
+    if any("iou" in row for row in summary["policies"].values()):
+        lines += [
+            "",
+            f"## IoU after retraining ({summary.get('retrain_epochs')} epochs)",
+            "",
+            "The target's IoU on the test split after the segmenter is fine-tuned on init plus "
+            "the picks (labelled inside the picked patches only), compared with random the "
+            "same way; mean IoU over classes and seeds.",
+            "",
+            "| policy | beats random | significant | classes | mean IoU |",
+            "|---|---|---|---|---|",
+        ]
+        for policy, row in summary["policies"].items():
+            iou = row["iou"]
+            measured = [r["iou"] for r in rows if r["policy"] == policy and r["iou"] is not None]
+            mean = f"{np.mean(measured):.3f}" if measured else "-"
+            lines.append(
+                f"| {policy} | {iou['beats_random']} | {iou['beats_random_significant']} | "
+                f"{iou['classes']} | {mean} |"
+            )
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     _plots(out, rows, summary)
 
@@ -401,6 +479,19 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="with --ray: the cluster to connect to (default: start a local one)",
     )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="also fine-tune the segmenter on init plus each job's picks (labelled inside the "
+        "picked patches only) and record the target's test IoU (needs the store's images)",
+    )
+    parser.add_argument(
+        "--retrain-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --retrain: fine-tuning epochs (16)",
+    )
     parser.add_argument("--out", type=Path, required=True)
 
 
@@ -418,8 +509,15 @@ def main(args: argparse.Namespace) -> int:
         workers=args.workers,
         use_ray=args.ray,
         ray_address=args.ray_address,
+        retrain=args.retrain,
+        retrain_epochs=args.retrain_epochs,
     )
     for policy, row in summary["policies"].items():
         print(f"{policy}: beats random on {row['beats_random']} of {row['classes']} classes")
+        if "iou" in row:
+            print(
+                f"{policy}: IoU after retraining beats random on {row['iou']['beats_random']} "
+                f"of {row['iou']['classes']} classes"
+            )
     print(f"report: {args.out / 'report.md'}", file=sys.stderr)
     return 0

@@ -170,3 +170,120 @@ def test_executor_errors(tiny_store, tmp_path, monkeypatch, capsys) -> None:
 def test_importing_the_package_does_not_import_ray() -> None:
     code = "import misical_gym, misical_gym.train.evaluate, sys; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------- --retrain
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A tiny prepared synthetic store: images the retraining can read again."""
+    from misical_gym.prepare import PrepareConfig, prepare_synthetic
+
+    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, threads=1)
+    out = tmp_path_factory.mktemp("prepared") / "synthetic"
+    return prepare_synthetic(out, images=24, config=config, progress=False)
+
+
+def test_masked_label_keeps_labels_inside_the_acquired_boxes_only(prepared) -> None:
+    import numpy as np
+
+    from misical_gym.segmenter.retrain import masked_label, retraining_set, training_crops
+
+    label = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    masked = masked_label(label, [[0, 0, 2, 4], [1, 2, 3, 6]])
+    inside = np.zeros((8, 8), dtype=bool)
+    inside[0:2, 0:4] = inside[1:3, 2:6] = True
+    np.testing.assert_array_equal(masked[inside], label[inside])
+    assert (masked[~inside] == 255).all()
+
+    store = prepared
+    pool = store.split_ids("pool")
+    first = int(store.patches[pool[0], 0])
+    mine = pool[store.patches[pool, 0] == first][:2]  # two patches of one image merge
+    other = pool[store.patches[pool, 0] != first][:1]
+    data = retraining_set(store, [*mine, *other])
+    init_images = np.unique(store.patches[store.split_ids("init"), 0])
+    assert data.num_init == len(init_images) and len(data.images) == data.num_init + 2
+    for row, index in enumerate(init_images):  # init images keep their full labels
+        np.testing.assert_array_equal(data.labels[row], store.image(int(index))[1])
+    for row, index, ids in ((data.num_init, first, mine), (data.num_init + 1, None, other)):
+        index = int(store.patches[ids[0], 0]) if index is None else index
+        image, label = store.image(index)
+        keep = np.zeros(label.shape, dtype=bool)
+        for y0, x0, y1, x1 in store.boxes(ids):
+            keep[y0:y1, x0:x1] = True
+        np.testing.assert_array_equal(data.images[row], image)
+        np.testing.assert_array_equal(data.labels[row][keep], label[keep])
+        assert (data.labels[row][~keep] == 255).all()
+    assert sorted(data.patch_boxes[:, 0].tolist()) == [data.num_init] * 2 + [data.num_init + 1]
+    images, labels = training_crops(data, (32, 32), np.random.default_rng(0))
+    assert images.shape[1:3] == labels.shape[1:] == (32, 32)
+    assert len(images) == 3 + min(4 * data.num_init, 64)  # 3 patches, then init tiles
+
+
+def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, monkeypatch) -> None:
+    kwargs = {"targets": ["sky", "grass"], "budget": 4, "seeds": 1, "pool_size": 8}
+    policies = ("random", "oracle")
+    plain = evaluate(prepared.path, tmp_path, policies=policies, **kwargs)
+    assert all(r["iou"] is None for r in json.loads((tmp_path / "results.json").read_text()))
+    assert "iou" not in plain["policies"]["oracle"]
+    calls = []
+    real = evaluate_module.run_job
+
+    def counting(job):
+        calls.append(job["retrain_epochs"])
+        return real(job)
+
+    monkeypatch.setattr(evaluate_module, "run_job", counting)
+    argv = ["evaluate", "--store", str(prepared.path), "--out", str(tmp_path)]
+    argv += ["--targets", "sky,grass", "--policies", "random,oracle", "--budget", "4"]
+    argv += ["--seeds", "1", "--pool-size", "8", "--retrain", "--retrain-epochs", "1"]
+    assert main(argv) == 0
+    assert calls == [1] * 4  # job files written without retraining do not count
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert len(rows) == 4 and all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for policy in policies:
+        pixels, iou = summary["policies"][policy], summary["policies"][policy]["iou"]
+        assert set(iou) == set(pixels) - {"iou"}
+        assert iou["classes"] == 2 and set(iou["gain_over_random"]) == {"sky", "grass"}
+    assert summary["retrain_epochs"] == 1
+    assert "## IoU after retraining (1 epochs)" in (tmp_path / "report.md").read_text()
+    again = evaluate(
+        prepared.path, tmp_path, policies=policies, retrain=True, retrain_epochs=2, **kwargs
+    )
+    assert calls == [1] * 4 + [2] * 4  # other epochs: measured again
+    calls.clear()
+    assert evaluate(prepared.path, tmp_path, policies=policies, **kwargs) == plain
+    assert calls == [] and "iou" in again["policies"]["random"]
+    assert all(r["iou"] is None for r in json.loads((tmp_path / "results.json").read_text()))
+
+
+def test_retrain_is_deterministic(prepared) -> None:
+    from misical_gym.segmenter.retrain import retrain_iou
+
+    ids = prepared.split_ids("pool")[:6]
+    first = retrain_iou(prepared, "sky", ids, seed=3, epochs=1)
+    assert 0.0 <= first <= 1.0
+    assert retrain_iou(prepared, "sky", ids, seed=3, epochs=1) == first
+
+
+def test_retrain_needs_the_store_images(tiny_store, prepared, tmp_path, capsys) -> None:
+    import shutil
+
+    from misical_gym.errors import StoreError
+
+    argv = ["evaluate", "--store", str(tiny_store.path), "--out", str(tmp_path / "a")]
+    assert main([*argv, "--targets", "class3", "--retrain"]) == 2
+    assert "does not record where they are" in capsys.readouterr().err
+    assert main([*argv, "--retrain-epochs", "2"]) == 2
+    assert "--retrain-epochs needs --retrain" in capsys.readouterr().err
+    moved = tmp_path / "moved"  # a store whose dataset is no longer where it was
+    shutil.copytree(prepared.path, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["dataset"]["sources"] = [
+        {"kind": "coco10k", "root": str(tmp_path / "gone"), "split": "train"}
+    ]
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="its dataset cannot be read"):
+        evaluate(moved, tmp_path / "b", targets=["sky"], policies=("random",), retrain=True)
+    assert not (tmp_path / "a" / "jobs").exists() and not (tmp_path / "b" / "jobs").exists()
