@@ -236,7 +236,9 @@ def _add_evaluate(commands: Any) -> None:
         "evaluate",
         help="per-class comparison of policies with random (the paper's table)",
         description="For every target, policy and seed: select from the pool without "
-        "retraining, then count the target pixels acquired. Resumes in the same --out.",
+        "retraining, then count the target pixels acquired; with --retrain, also fine-tune the "
+        "segmenter on init plus the picks and measure the target's test IoU. Resumes in the "
+        "same --out.",
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
@@ -248,7 +250,30 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return evaluate_main(args)
 
 
+# ---------------------------------------------------------------------------- demo
+def _add_demo(commands: Any) -> None:
+    from misical_gym.train.demo import add_demo_arguments
+
+    demo = commands.add_parser(
+        "demo",
+        help="the whole story on the synthetic world: prepare, train, compare, retrain, report",
+        description="Prepare the synthetic world, train a DDQN per rare class and a "
+        "goal-conditioned one, compare them with SB3's DQN, the supervised ablation and the "
+        "heuristics, retrain the segmenter on each policy's picks, and write the report. "
+        "Offline; resumes when run again.",
+    )
+    add_demo_arguments(demo)
+    demo.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from misical_gym.train.demo import main as demo_main
+
+    return demo_main(args)
+
+
 _SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_demo,
     _add_prepare,
     _add_inspect,
     _add_train,

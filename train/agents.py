@@ -8,6 +8,7 @@ algorithms, the heuristics and the supervised ablation.
 from __future__ import annotations
 
 import inspect
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,11 @@ def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Any:
 
 def load_agent(name: str, path: str | Path, env: gym.Env | None, device: str = "auto") -> Any:
     """Load an agent saved by its ``save``."""
-    model = agent_class(name).load(path, env=env, device=device)
+    with warnings.catch_warnings():
+        # SB3 saves the n-step buffer class it built from ``n_steps`` next to ``n_steps``
+        # itself, then warns at load that ``n_steps`` is ignored; the loaded buffer is n-step.
+        warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored", category=UserWarning)
+        model = agent_class(name).load(path, env=env, device=device)
     return MaskedSB3(model) if name in SB3_AGENTS else model
 
 

@@ -415,8 +415,38 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
                 f"| {policy} | {iou['beats_random']} | {iou['beats_random_significant']} | "
                 f"{iou['classes']} | {mean} |"
             )
+    lines += _per_class_table(rows, summary)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     _plots(out, rows, summary)
+
+
+def _per_class_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+    """Markdown: per class and policy, mean target pixels over seeds (and mean IoU, if any)."""
+    policies = list(summary["policies"])
+    rare = set(summary.get("rare_class_names", []))
+    lines = [
+        "",
+        "## Per class",
+        "",
+        "Mean target pixels over seeds (mean IoU after retraining in brackets, where measured); "
+        "rare classes in bold.",
+        "",
+        "| class | " + " | ".join(policies) + " |",
+        "|---|" + "---|" * len(policies),
+    ]
+    for target in summary["targets"]:
+        cells = []
+        for policy in policies:
+            mine = [r for r in rows if r["target"] == target and r["policy"] == policy]
+            if not mine:
+                cells.append("-")
+                continue
+            cell = f"{np.mean([r['target_pixels'] for r in mine]):.0f}"
+            ious = [r["iou"] for r in mine if r["iou"] is not None]
+            cells.append(cell + (f" ({np.mean(ious):.3f})" if ious else ""))
+        name = f"**{target}**" if target in rare else target
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plots(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ def test_policy_names() -> None:
     assert policy_agent("ddqn") == ("ddqn", False)
     assert policy_agent("ddqn-goal") == ("ddqn", True)
     assert policy_agent("dqn-goal") == ("dqn", True)
-    with pytest.raises(ValueError, match="ddqn-goal|goal-conditioned"):
+    with pytest.raises(ValueError, match="unknown policy 'random-goal'"):
         policy_agent("random-goal")  # a heuristic has nothing to condition
     with pytest.raises(ValueError, match="unknown policy 'dqnn'"):
         policy_agent("dqnn")
@@ -42,3 +42,51 @@ def test_goal_conditioned_policy_is_trained_once_for_every_target(tiny_store, tm
     # Selection gives a goal-conditioned model the target's one-hot it was trained with.
     selection = select_patches(tiny_store.path, str(runs[0].parent), targets[0], 6)
     assert selection["target"] == targets[0] and len(selection["picks"]) == 6
+
+
+def test_demo_runs_the_whole_story(misical_home, tmp_path, monkeypatch) -> None:
+    import dataclasses
+
+    import misical_gym.train.evaluate as evaluate_module
+    from misical_gym.train import demo
+
+    tiny = dataclasses.replace(
+        demo.QUICK,
+        store_name="synthetic-tiny",
+        images=160,
+        epochs=1,
+        mc_samples=2,
+        pretrain_steps=40,
+        online_steps=10,
+        budget=4,
+        retrain_epochs=1,
+    )
+    out = tmp_path / "demo"
+    summary = demo.run_demo(out, tiny, workers=1, progress=False)
+    assert (misical_home / "synthetic-tiny" / "manifest.json").is_file()
+    assert set(summary["policies"]) == set(demo.DEMO_POLICIES)
+    assert summary["targets"] == ["skis", "fork", "surfboard"]
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 3 * len(demo.DEMO_POLICIES)
+    assert all(r["iou"] is None or 0.0 <= r["iou"] <= 1.0 for r in rows)
+    assert summary["retrain_epochs"] == 1  # retrained (the tiny test split may lack the class)
+    report = (out / "report.md").read_text()
+    assert "## IoU after retraining" in report and "**skis**" in report
+    assert (out / "gain_over_random.png").is_file() and (out / "acquisition.png").is_file()
+    assert list((out / "training").glob("*/*/random/ddqn_0/summary.json"))  # goal-conditioned
+
+    # Run again, it resumes: every job is found done and nothing is trained or selected again.
+    def run_job_again(job):
+        raise AssertionError(f"job {job['target']}/{job['policy']} was run again")
+
+    monkeypatch.setattr(evaluate_module, "run_job", run_job_again)
+    assert demo.run_demo(out, tiny, workers=1, progress=False) == summary
+
+
+def test_demo_cli_rejects_bad_arguments(misical_home, tmp_path, capsys) -> None:
+    from misical_gym.cli import main
+
+    assert main(["demo", "--workers", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert main(["demo", "--seeds", "0", "--out", str(tmp_path / "d")]) == 2
+    assert not (misical_home / "synthetic").exists()  # rejected before any work
