@@ -383,7 +383,7 @@ def prepare_synthetic(
     """Prepare the offline synthetic world; the default location is the ``synthetic`` store.
 
     With its defaults (3,000 images of 64 px, 10% test, 10% of the rest init, a 4x4 grid,
-    T=20) this takes well under three minutes on two CPU cores, with progress bars.
+    T=20) this takes under three minutes on two CPU cores (about 2.5), with progress bars.
 
     Args:
         out: Store directory (default: ``default_store_path("synthetic")``).
