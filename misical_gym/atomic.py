@@ -24,6 +24,7 @@ def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Pat
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, _permissions(0o666))  # mkstemp's 0600 would make results private
     try:
         yield tmp
         os.replace(tmp, final)
@@ -49,6 +50,7 @@ def atomic_directory(final: str | os.PathLike[str], overwrite: bool = False) -> 
         raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    os.chmod(tmp, _permissions(0o777))  # as mkdir would, not mkdtemp's 0700
     try:
         yield tmp
         if final.exists():
@@ -62,3 +64,10 @@ def atomic_directory(final: str | os.PathLike[str], overwrite: bool = False) -> 
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _permissions(base: int) -> int:
+    """``base`` less the process umask: the mode ``open`` or ``mkdir`` would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask

@@ -161,3 +161,20 @@ def test_unknown_class_lists_close_matches(tmp_path) -> None:
     with pytest.raises(ValueError, match="Did you mean 'class3'"):
         store.class_index("clas3")
     assert store.class_index("class3") == store.class_index(3) == 3
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from misical_gym.atomic import atomic_directory, atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.md", "x")
+        with atomic_directory(tmp_path / "store") as build:
+            (build / "a").write_text("a")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o755
