@@ -287,3 +287,23 @@ def test_retrain_needs_the_store_images(tiny_store, prepared, tmp_path, capsys) 
     with pytest.raises(StoreError, match="its dataset cannot be read"):
         evaluate(moved, tmp_path / "b", targets=["sky"], policies=("random",), retrain=True)
     assert not (tmp_path / "a" / "jobs").exists() and not (tmp_path / "b" / "jobs").exists()
+
+
+@pytest.mark.parametrize(
+    ("mine", "beats", "significant"),
+    [
+        ([10, 11, 12], 1, 1),  # every seed above every random seed: p = 1/20, the 3-seed floor
+        ([2, 9, 30], 1, 0),  # higher mean, overlapping seeds
+        ([1, 2, 3], 0, 0),
+    ],
+)
+def test_beats_random_and_significance(mine, beats, significant) -> None:
+    from misical_gym.train.evaluate import summarize
+
+    rows = [
+        {"target": "a", "policy": policy, "seed": seed, "target_pixels": value, "iou": None}
+        for policy, values in (("random", [4, 5, 6]), ("p", mine))
+        for seed, value in enumerate(values)
+    ]
+    row = summarize(rows, ("p", "random"), ["a"], (), ("a",))["policies"]["p"]
+    assert (row["beats_random"], row["beats_random_significant"]) == (beats, significant)
