@@ -232,6 +232,7 @@ def evaluate(
                     )
     from tqdm.auto import tqdm
 
+    todo = longest_first(todo)
     bar = tqdm(total=len(todo), desc="evaluate", unit="job")
     if use_ray:
         for row in _run_on_ray(todo, ray_address):
@@ -271,6 +272,29 @@ def _job_done(path: Path, retrain_epochs: int | None) -> bool:
     if retrain_epochs is None:
         return True
     return json.loads(path.read_text()).get("retrain_epochs") == retrain_epochs
+
+
+def longest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs that train a policy first, then those that reuse one, then the heuristics.
+
+    A worker that takes a long training last leaves the others idle at the end; and the jobs
+    that share a goal-conditioned policy would wait on the one that trains it. The order
+    changes no result: every job is seeded on its own.
+    """
+    trained: set[tuple[str, int]] = set()
+
+    def rank(job: dict[str, Any]) -> int:
+        agent, goal_conditioned = policy_agent(job["policy"])
+        if agent in HEURISTIC_AGENTS:
+            return 2
+        if goal_conditioned:
+            if (agent, job["seed"]) in trained:
+                return 1
+            trained.add((agent, job["seed"]))
+        return 0
+
+    ranks = [rank(job) for job in jobs]  # in order: the first job of a goal policy trains it
+    return [jobs[i] for i in sorted(range(len(jobs)), key=ranks.__getitem__)]  # stable
 
 
 def _save_job(jobs_dir: Path, row: dict[str, Any]) -> None:

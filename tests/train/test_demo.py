@@ -90,3 +90,19 @@ def test_demo_cli_rejects_bad_arguments(misical_home, tmp_path, capsys) -> None:
     assert "--workers must be at least 1" in capsys.readouterr().err
     assert main(["demo", "--seeds", "0", "--out", str(tmp_path / "d")]) == 2
     assert not (misical_home / "synthetic").exists()  # rejected before any work
+
+
+def test_jobs_that_train_run_first() -> None:
+    from misical_gym.train.evaluate import longest_first
+
+    jobs = [
+        {"target": t, "policy": p, "seed": 0} for t in ("a", "b") for p in ("random", "ddqn-goal")
+    ] + [{"target": "a", "policy": "ddqn", "seed": 0}]
+    order = [(j["target"], j["policy"]) for j in longest_first(jobs)]
+    assert order == [
+        ("a", "ddqn-goal"),  # trains the goal-conditioned policy ...
+        ("a", "ddqn"),
+        ("b", "ddqn-goal"),  # ... which this job then reuses
+        ("a", "random"),
+        ("b", "random"),
+    ]
