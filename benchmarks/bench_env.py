@@ -58,6 +58,22 @@ def vector_steps_per_second(env_id: str, num_envs: int, steps: int, **kwargs) ->
     return steps * num_envs / (time.perf_counter() - start)
 
 
+def gather_env_steps_per_second(root: Path, num_envs: int, steps: int, pool_size: int) -> float:
+    """The floor under any batched step: env-steps/s of only gathering ``pool_size`` random
+    feature rows per env-step from the store's memory map, ``num_envs`` env-steps at a time
+    (no sampling without replacement, no reward, no observation assembly)."""
+    from misical_gym.store import FeatureStore
+
+    features = FeatureStore.open(root).features
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, features.shape[0], (steps, num_envs * pool_size))
+    out = np.empty((num_envs * pool_size, features.shape[1]), dtype=features.dtype)
+    start = time.perf_counter()
+    for batch in ids:
+        np.take(features, batch, axis=0, out=out)
+    return steps * num_envs / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="an existing store (default: write one)")
@@ -102,6 +118,15 @@ def main() -> None:
             )
         )
 
+        gather_sps = float(
+            np.median(
+                [
+                    gather_env_steps_per_second(Path(root), args.vector_envs, vector_steps, 32)
+                    for _ in range(3)
+                ]
+            )
+        )
+
     report = {
         "store": {"patches": 160_000 if args.store is None else None, "bytes": store_bytes},
         "pool_size": 32,
@@ -111,6 +136,10 @@ def main() -> None:
         "vector_num_envs": args.vector_envs,
         "vector_env_steps_per_s": round(vector_sps),
         "vector_speedup_vs_single": round(vector_sps / misical_sps, 2),
+        # If only reading the candidates' rows is under 10x the single env, no batched step is.
+        "gather_only_env_steps_per_s": round(gather_sps),
+        "gather_only_speedup_vs_single": round(gather_sps / misical_sps, 2),
+        "vector_share_of_gather_only": round(vector_sps / gather_sps, 3),
         "make_seconds": round(make["seconds"], 3),
         "make_rss_growth_bytes": make["rss_growth_bytes"],
         "make_rss_growth_vs_store": round(make["rss_growth_bytes"] / store_bytes, 4),
