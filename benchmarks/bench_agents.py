@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from misical_gym.train.agents import HEURISTIC_AGENTS
+
 AGENTS = ("ddqn", "dqn", "qrdqn", "ppo", "random", "presence", "bald", "entropy", "supervised")
-HEURISTICS = ("random", "presence", "bald", "entropy")
 
 
 def one_run(job: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def main() -> None:
                 "curve": _mean_curve([r["curve"] for r in runs]),
             }
     # The claim under test: DDQN against SB3's DQN and every heuristic; then against all.
-    rivals = [a for a in agents if a == "dqn" or a in HEURISTICS]
+    rivals = [a for a in agents if a == "dqn" or a in HEURISTIC_AGENTS]
     others = [a for a in agents if a not in ("ddqn", "supervised")]
 
     def ddqn_beats(names: list[str]) -> dict[str, bool]:

@@ -225,7 +225,7 @@ def evaluate(
                             "pool_size": pool_size,
                             "pretrain_steps": pretrain_steps,
                             "online_steps": online_steps,
-                            "cache": str(out / "training"),
+                            "cache": str((out / "training").resolve()),
                             "retrain": retrain,
                             "retrain_epochs": retrain_epochs if retrain else None,
                         }
@@ -319,8 +319,8 @@ def _run_on_ray(jobs: list[dict[str, Any]], address: str | None) -> Iterator[dic
     Connects with ``ray.init(address=address)``: an existing cluster at ``address``, or a new
     local one when ``address`` is None (unless ``RAY_ADDRESS`` names one). A connection the
     caller already opened with ``ray.init`` is reused and left open; one opened here is shut
-    down at the end. Paths are made absolute, so every node must see the store (and ``out``)
-    at the same path and have this package installed.
+    down at the end. Jobs carry absolute paths (:func:`evaluate` resolves them), so every node
+    must see the store (and ``out``) at the same path and have this package installed.
     """
     if not jobs:
         return
@@ -331,10 +331,7 @@ def _run_on_ray(jobs: list[dict[str, Any]], address: str | None) -> Iterator[dic
     pending: list[Any] = []
     try:
         task = ray.remote(num_cpus=1)(run_job)
-        for job in jobs:
-            job = {**job, "store": str(Path(job["store"]).resolve())}
-            job["cache"] = str(Path(job["cache"]).resolve())
-            pending.append(task.remote(job))
+        pending = [task.remote(job) for job in jobs]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:

@@ -9,6 +9,7 @@ IoU come from the patches alone.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -206,7 +207,7 @@ def retrain_iou(
     """
     check_retrainable(store)
     target_id = store.class_index(target)
-    config = TrainConfig(**{**RETRAIN_CONFIG.__dict__, "epochs": int(epochs), "seed": int(seed)})
+    config = dataclasses.replace(RETRAIN_CONFIG, epochs=int(epochs), seed=int(seed))
     with cpu_threads(threads):
         torch_device = resolve_device(device)
         model = load_segmenter(store.segmenter_checkpoint, torch_device)
