@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger
-from stable_baselines3.common.utils import configure_logger
 from tqdm.auto import tqdm
 
+from misical_gym.agents.logger import run_logger
 from misical_gym.agents.networks import DeepSetQNetwork
 from misical_gym.agents.replay import NStepPrioritizedReplayBuffer, ReplaySample
 
@@ -353,7 +353,7 @@ class DDQN:
     def logger(self) -> Logger:
         """The SB3 logger of the current :meth:`learn` call (callbacks record through it)."""
         if self._logger is None:
-            self._logger = configure_logger(self.verbose)
+            self._logger = run_logger(self.verbose)
         return self._logger
 
     def learn(
@@ -452,7 +452,7 @@ class DDQN:
             self._abandon_episode()
         self._total_timesteps = total_timesteps + self.num_timesteps
         self._num_timesteps_at_start = self.num_timesteps
-        self._logger = configure_logger(
+        self._logger = run_logger(
             self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps
         )
 

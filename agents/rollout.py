@@ -13,7 +13,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.utils import configure_logger
+
+from misical_gym.agents.logger import run_logger
 
 
 class RolloutLearner:
@@ -97,9 +98,7 @@ class RolloutLearner:
 
         if reset_num_timesteps:
             self.num_timesteps = 0
-        logger = configure_logger(
-            self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps
-        )
+        logger = run_logger(self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps)
         window: dict[str, deque[float]] = {
             key: deque(maxlen=100) for key in ("reward", "length", "pixels", "hits")
         }

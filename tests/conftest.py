@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,15 @@ import pytest
 from misical_gym.data.classes import COCO_STUFF_CLASSES
 from misical_gym.store import FeatureStore
 from misical_gym.testing import write_random_store
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sb3_logdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """SB3 models learning without a log folder log to ``$SB3_LOGDIR``, else to a new
+    ``SB3-<date>`` folder in the system's temp directory: keep those inside pytest's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3")))
+        yield
 
 
 @pytest.fixture(scope="session")

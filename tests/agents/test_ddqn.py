@@ -403,6 +403,18 @@ def test_pretrain_then_deploy_on_another_split(tiny_store: FeatureStore) -> None
 
 
 # ---------------------------------------------------------------------- SB3 compatibility
+@pytest.mark.parametrize("agent", ["ddqn", "random"])
+def test_a_quiet_run_without_tensorboard_writes_no_log_folder(
+    agent: str, tiny_store: FeatureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SB3's own logger would create $SB3_LOGDIR (else a temp SB3-<date> folder) for this run.
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))
+    from misical_gym.train.agents import make_agent
+
+    make_agent(agent, make_env(tiny_store), seed=0, **(FAST if agent == "ddqn" else {})).learn(40)
+    assert not (tmp_path / "sb3").exists()
+
+
 def test_tensorboard_keys_and_run_directories_match_sb3(
     tiny_store: FeatureStore, tmp_path: Path
 ) -> None:
