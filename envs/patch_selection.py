@@ -160,8 +160,10 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         self.action_space = spaces.Discrete(self.pool_size)
         self.reward_range = self.reward_fn.range(int(self.store.areas.max()))
         self._areas = self.store.areas
-        self._counts = self.store.counts
-        self._remaining = np.empty(0, dtype=np.int64)
+        # A plain ndarray view of the memory map: NumPy's memmap subclass slows every lookup.
+        self._counts = np.asarray(self.store.counts)
+        # Allocated once: each reset copies the split into it instead of allocating anew.
+        self._remaining = np.empty_like(self.split_ids)
         self._num_remaining = 0
         self._positions = np.empty(0, dtype=np.int64)
         self._candidates = np.full(self.pool_size, -1, dtype=np.int64)
@@ -185,7 +187,7 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         if chosen is None:
             chosen = int(self.np_random.choice(self.random_targets))
         self.target = chosen
-        self._remaining = self.split_ids.copy()
+        self._remaining[:] = self.split_ids
         self._num_remaining = self._remaining.size
         self._budget_left = self.budget
         self._target_pixels_total = 0
