@@ -163,6 +163,7 @@ def evaluate(
     ray_address: str | None = None,
     retrain: bool = False,
     retrain_epochs: int | None = None,
+    retrain_policies: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Run every missing job, then write results, summary, report and plots into ``out``.
 
@@ -173,8 +174,10 @@ def evaluate(
     With ``retrain``, every job also records ``iou``: the target's test IoU after fine-tuning
     the store's segmenter for ``retrain_epochs`` epochs (None: ``DEFAULT_RETRAIN_EPOCHS`` of
     :mod:`misical_gym.segmenter.retrain`) on init plus its picks, and the summary gets an
-    ``iou`` block per policy. A job file written without retraining, or with other epochs, is
-    run again. Without ``retrain`` every ``iou`` is None.
+    ``iou`` block per policy. ``retrain_policies`` (None: all of them, always with random)
+    limits retraining, the costly part, to those policies; the others' ``iou`` is None. A job
+    file written without retraining, or with other epochs, is run again. Without ``retrain``
+    every ``iou`` is None.
     """
     from misical_gym.store import FeatureStore
 
@@ -198,8 +201,16 @@ def evaluate(
         if retrain_epochs < 0:
             raise ValueError(f"--retrain-epochs must be non-negative, got {retrain_epochs}")
         check_retrainable(store)  # a clear error before any work
-    elif retrain_epochs is not None:
-        raise ValueError("--retrain-epochs needs --retrain")
+        retrain_policies = policies if retrain_policies is None else tuple(retrain_policies)
+        unknown = sorted(set(retrain_policies) - set(policies))
+        if unknown:
+            raise ValueError(f"--retrain-policies {', '.join(unknown)} not in --policies")
+        if "random" not in retrain_policies:
+            raise ValueError("IoU is compared with random's: include it in --retrain-policies")
+    elif retrain_epochs is not None or retrain_policies is not None:
+        raise ValueError("--retrain-epochs and --retrain-policies need --retrain")
+    else:
+        retrain_policies = ()
     if targets == "all":
         names = [
             n for n, k in zip(store.class_names, store.class_patches("pool"), strict=True) if k
@@ -212,9 +223,10 @@ def evaluate(
     todo = []
     for target in names:
         for policy in policies:
+            retrains = policy in retrain_policies
             for seed in range(seeds):
                 done = jobs_dir / f"{job_name(target, policy, seed)}.json"
-                if not _job_done(done, retrain_epochs if retrain else None):
+                if not _job_done(done, retrain_epochs if retrains else None):
                     todo.append(
                         {
                             "store": str(store.path.resolve()),
@@ -226,8 +238,8 @@ def evaluate(
                             "pretrain_steps": pretrain_steps,
                             "online_steps": online_steps,
                             "cache": str((out / "training").resolve()),
-                            "retrain": retrain,
-                            "retrain_epochs": retrain_epochs if retrain else None,
+                            "retrain": retrains,
+                            "retrain_epochs": retrain_epochs if retrains else None,
                         }
                     )
     from tqdm.auto import tqdm
@@ -250,13 +262,15 @@ def evaluate(
     bar.close()
     rows = [json.loads(p.read_text()) for p in sorted(jobs_dir.glob("*.json"))]
     rows = [
-        {**r, "iou": r.get("iou") if retrain else None}
+        {**r, "iou": r.get("iou") if r["policy"] in retrain_policies else None}
         for r in rows
         if r["target"] in names and r["policy"] in policies
     ]
     summary = summarize(rows, policies, names, store.rare_classes, store.class_names)
     if retrain:
-        ious = summarize(rows, policies, names, store.rare_classes, store.class_names, "iou")
+        ious = summarize(
+            rows, retrain_policies, names, store.rare_classes, store.class_names, "iou"
+        )
         for policy, block in ious["policies"].items():
             summary["policies"][policy]["iou"] = block
         summary["retrain_epochs"] = retrain_epochs
@@ -432,6 +446,8 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
             "|---|---|---|---|---|",
         ]
         for policy, row in summary["policies"].items():
+            if "iou" not in row:
+                continue
             iou = row["iou"]
             measured = [r["iou"] for r in rows if r["policy"] == policy and r["iou"] is not None]
             mean = f"{np.mean(measured):.3f}" if measured else "-"
@@ -544,7 +560,14 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="with --retrain: fine-tuning epochs (16)",
+        help="with --retrain: fine-tuning epochs (32)",
+    )
+    parser.add_argument(
+        "--retrain-policies",
+        default=None,
+        metavar="P1,P2",
+        help="with --retrain: retrain only after these policies' picks (default: all; "
+        "must include random)",
     )
     parser.add_argument("--out", type=Path, required=True)
 
@@ -565,6 +588,9 @@ def main(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         retrain=args.retrain,
         retrain_epochs=args.retrain_epochs,
+        retrain_policies=None
+        if args.retrain_policies is None
+        else tuple(args.retrain_policies.split(",")),
     )
     for policy, row in summary["policies"].items():
         print(f"{policy}: beats random on {row['beats_random']} of {row['classes']} classes")

@@ -29,7 +29,7 @@ from misical_gym.segmenter.training import (
 )
 from misical_gym.store import FeatureStore
 
-DEFAULT_RETRAIN_EPOCHS = 16
+DEFAULT_RETRAIN_EPOCHS = 32
 """Fine-tuning epochs of :func:`retrain_iou`.
 
 Measured on the default synthetic store (3,000 images of 64 px), one torch thread: a retrain on

@@ -51,7 +51,7 @@ def test_demo_runs_the_whole_story(misical_home, tmp_path, monkeypatch) -> None:
     from misical_gym.train import demo
 
     tiny = dataclasses.replace(
-        demo.QUICK,
+        demo.FULL,
         store_name="synthetic-tiny",
         images=160,
         epochs=1,
@@ -70,6 +70,8 @@ def test_demo_runs_the_whole_story(misical_home, tmp_path, monkeypatch) -> None:
     assert len(rows) == 3 * len(demo.DEMO_POLICIES)
     assert all(r["iou"] is None or 0.0 <= r["iou"] <= 1.0 for r in rows)
     assert summary["retrain_epochs"] == 1  # retrained (the tiny test split may lack the class)
+    retrained = [policy for policy, row in summary["policies"].items() if "iou" in row]
+    assert retrained == ["ddqn", "random"]  # the full demo retrains on those picks only
     report = (out / "report.md").read_text()
     assert "## IoU after retraining" in report and "**skis**" in report
     assert (out / "gain_over_random.png").is_file() and (out / "acquisition.png").is_file()

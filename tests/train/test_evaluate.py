@@ -258,6 +258,62 @@ def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, monkey
     assert all(r["iou"] is None for r in json.loads((tmp_path / "results.json").read_text()))
 
 
+def test_retrain_policies_limits_retraining(prepared, tmp_path, monkeypatch) -> None:
+    retrained = []
+    real = evaluate_module.run_job
+
+    def recording(job):
+        retrained.append((job["policy"], job["retrain"], job["retrain_epochs"]))
+        return real(job)
+
+    monkeypatch.setattr(evaluate_module, "run_job", recording)
+    kwargs = {"targets": ["sky"], "budget": 4, "seeds": 1, "pool_size": 8, "retrain": True}
+    policies = ("random", "oracle", "presence")
+    summary = evaluate(
+        prepared.path,
+        tmp_path,
+        policies=policies,
+        retrain_epochs=1,
+        retrain_policies=("random",),
+        **kwargs,
+    )
+    assert sorted(retrained) == [
+        ("oracle", False, None),
+        ("presence", False, None),
+        ("random", True, 1),
+    ]
+    rows = {r["policy"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+    assert rows["oracle"]["iou"] is None and rows["presence"]["iou"] is None
+    assert 0.0 <= rows["random"]["iou"] <= 1.0
+    assert "iou" in summary["policies"]["random"] and "iou" not in summary["policies"]["oracle"]
+    report = (tmp_path / "report.md").read_text()
+    iou_table = report.split("## IoU after retraining")[1].split("## Per class")[0]
+    assert "| random | 0 | 0 | 1 |" in iou_table and "| oracle |" not in iou_table
+    retrained.clear()  # widening the retrained set redoes only the newly retrained jobs
+    evaluate(
+        prepared.path,
+        tmp_path,
+        policies=policies,
+        retrain_epochs=1,
+        retrain_policies=("random", "oracle"),
+        **kwargs,
+    )
+    assert retrained == [("oracle", True, 1)]
+    for wrong, message in ((("oracle",), "include it"), (("random", "bald"), "not in --policies")):
+        with pytest.raises(ValueError, match=message):
+            evaluate(prepared.path, tmp_path, policies=policies, retrain_policies=wrong, **kwargs)
+
+
+def test_retrain_epochs_help_states_the_default() -> None:
+    import argparse
+
+    from misical_gym.segmenter.retrain import DEFAULT_RETRAIN_EPOCHS
+
+    parser = argparse.ArgumentParser()
+    evaluate_module.add_evaluate_arguments(parser)
+    assert f"fine-tuning epochs ({DEFAULT_RETRAIN_EPOCHS})" in parser.format_help()
+
+
 def test_retrain_is_deterministic(prepared) -> None:
     from misical_gym.segmenter.retrain import retrain_iou
 
@@ -276,7 +332,7 @@ def test_retrain_needs_the_store_images(tiny_store, prepared, tmp_path, capsys) 
     assert main([*argv, "--targets", "class3", "--retrain"]) == 2
     assert "does not record where they are" in capsys.readouterr().err
     assert main([*argv, "--retrain-epochs", "2"]) == 2
-    assert "--retrain-epochs needs --retrain" in capsys.readouterr().err
+    assert "--retrain-epochs and --retrain-policies need --retrain" in capsys.readouterr().err
     moved = tmp_path / "moved"  # a store whose dataset is no longer where it was
     shutil.copytree(prepared.path, moved)
     manifest = json.loads((moved / "manifest.json").read_text())
