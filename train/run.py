@@ -199,7 +199,11 @@ def run_training(
     with cpu_threads(threads):
         for index, (split, n) in enumerate(phases):
             if index > 0:
-                model.set_env(make_env(env_id, split, target, env_kwargs))
+                phase_env = make_env(env_id, split, target, env_kwargs)
+                # Agents seed only the env they were built with; unseeded, this one would
+                # draw its episodes from OS entropy and the run would not repeat.
+                phase_env.reset(seed=seed + index)
+                model.set_env(phase_env)
             learn_phase(
                 model, agent, n, first=index == 0, description=f"{agent} {split}", progress=progress
             )

@@ -82,6 +82,44 @@ def test_every_agent_trains_logs_and_summarises(agent, tiny_store, tmp_path) -> 
     assert (run_dir / summary["model"]).is_file()
 
 
+@pytest.mark.parametrize("agent", ["ddqn", "ddqn-goal", "dqn", "ppo", "supervised"])
+def test_the_same_seed_trains_the_same_model(agent, tiny_store, tmp_path) -> None:
+    # Both phases learn, so an unseeded pool phase would show in the weights and the summary.
+    agent, target = ("ddqn", "random") if agent == "ddqn-goal" else (agent, "class3")
+    runs = [
+        run_training(
+            agent,
+            "MiSiCAL-Store",
+            env_kwargs=env_kwargs(tiny_store),
+            target=target,
+            pretrain_steps=120,
+            online_steps=120,
+            seed=1,
+            logdir=tmp_path / name,
+            hyperparams=FAST.get(agent, {}),
+            device="cpu",
+            eval_episodes=2,
+            progress=False,
+        )
+        for name in ("a", "b")
+    ]
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    env = gym.make("MiSiCAL-Store", target_class=target, **env_kwargs(tiny_store))
+    models = [
+        load_agent(agent, run / s["model"], env, device="cpu")
+        for run, s in zip(runs, summaries, strict=True)
+    ]
+    networks = [
+        next(getattr(m, n) for n in ("classifier", "q_net", "policy") if hasattr(m, n))
+        for m in models
+    ]
+    for first, again in zip(networks[0].parameters(), networks[1].parameters(), strict=True):
+        torch.testing.assert_close(first, again, rtol=0, atol=0)
+    for summary in summaries:
+        summary.pop("seconds")
+    assert summaries[0] == summaries[1]
+
+
 @pytest.mark.parametrize(
     "agent", ["ddqn", "dqn", "ppo", "maskable-ppo", "supervised", "presence", "random"]
 )
