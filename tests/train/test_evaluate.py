@@ -17,6 +17,20 @@ KW = {"targets": ["class3", "class5"], "budget": 12, "seeds": 2, "pool_size": 8}
 LEARNED = {**KW, "targets": ["class3"], "seeds": 1, "pretrain_steps": 60, "online_steps": 20}
 
 
+@pytest.fixture()
+def jobs_run(monkeypatch) -> list[dict]:
+    """The jobs ``evaluate`` runs from now on (in this process), in order."""
+    jobs: list[dict] = []
+    real = evaluate_module.run_job
+
+    def recording(job):
+        jobs.append(job)
+        return real(job)
+
+    monkeypatch.setattr(evaluate_module, "run_job", recording)
+    return jobs
+
+
 @pytest.fixture(scope="module")
 def evaluated(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
@@ -60,20 +74,12 @@ def test_outputs_hold_the_same_numbers(evaluated, tiny_store) -> None:
     assert (out / "acquisition.png").stat().st_size > 0
 
 
-def test_resume_redoes_only_missing_jobs(evaluated, tiny_store, monkeypatch) -> None:
+def test_resume_redoes_only_missing_jobs(evaluated, tiny_store, jobs_run) -> None:
     out, summary = evaluated
     killed = out / "jobs" / "class3__presence__1.json"
     killed.unlink()  # as if the run was killed before this job finished
-    calls = []
-    real = evaluate_module.run_job
-
-    def counting(job):
-        calls.append((job["target"], job["policy"], job["seed"]))
-        return real(job)
-
-    monkeypatch.setattr(evaluate_module, "run_job", counting)
     again = evaluate(tiny_store.path, out, policies=("random", "presence", "bald", "oracle"), **KW)
-    assert calls == [("class3", "presence", 1)]
+    assert [(j["target"], j["policy"], j["seed"]) for j in jobs_run] == [("class3", "presence", 1)]
     assert again == summary
 
 
@@ -220,25 +226,19 @@ def test_masked_label_keeps_labels_inside_the_acquired_boxes_only(prepared) -> N
     assert len(images) == 3 + min(4 * data.num_init, 64)  # 3 patches, then init tiles
 
 
-def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, monkeypatch) -> None:
+def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, jobs_run) -> None:
     kwargs = {"targets": ["sky", "grass"], "budget": 4, "seeds": 1, "pool_size": 8}
     policies = ("random", "oracle")
     plain = evaluate(prepared.path, tmp_path, policies=policies, **kwargs)
     assert all(r["iou"] is None for r in json.loads((tmp_path / "results.json").read_text()))
     assert "iou" not in plain["policies"]["oracle"]
-    calls = []
-    real = evaluate_module.run_job
-
-    def counting(job):
-        calls.append(job["retrain_epochs"])
-        return real(job)
-
-    monkeypatch.setattr(evaluate_module, "run_job", counting)
+    jobs_run.clear()
     argv = ["evaluate", "--store", str(prepared.path), "--out", str(tmp_path)]
     argv += ["--targets", "sky,grass", "--policies", "random,oracle", "--budget", "4"]
     argv += ["--seeds", "1", "--pool-size", "8", "--retrain", "--retrain-epochs", "1"]
     assert main(argv) == 0
-    assert calls == [1] * 4  # job files written without retraining do not count
+    # Job files written without retraining do not count: all four are run again.
+    assert [j["retrain_epochs"] for j in jobs_run] == [1] * 4
     rows = json.loads((tmp_path / "results.json").read_text())
     assert len(rows) == 4 and all(0.0 <= r["iou"] <= 1.0 for r in rows)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -251,22 +251,14 @@ def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, monkey
     again = evaluate(
         prepared.path, tmp_path, policies=policies, retrain=True, retrain_epochs=2, **kwargs
     )
-    assert calls == [1] * 4 + [2] * 4  # other epochs: measured again
-    calls.clear()
+    assert [j["retrain_epochs"] for j in jobs_run] == [1] * 4 + [2] * 4  # other epochs: again
+    jobs_run.clear()
     assert evaluate(prepared.path, tmp_path, policies=policies, **kwargs) == plain
-    assert calls == [] and "iou" in again["policies"]["random"]
+    assert jobs_run == [] and "iou" in again["policies"]["random"]
     assert all(r["iou"] is None for r in json.loads((tmp_path / "results.json").read_text()))
 
 
-def test_retrain_policies_limits_retraining(prepared, tmp_path, monkeypatch) -> None:
-    retrained = []
-    real = evaluate_module.run_job
-
-    def recording(job):
-        retrained.append((job["policy"], job["retrain"], job["retrain_epochs"]))
-        return real(job)
-
-    monkeypatch.setattr(evaluate_module, "run_job", recording)
+def test_retrain_policies_limits_retraining(prepared, tmp_path, jobs_run) -> None:
     kwargs = {"targets": ["sky"], "budget": 4, "seeds": 1, "pool_size": 8, "retrain": True}
     policies = ("random", "oracle", "presence")
     summary = evaluate(
@@ -277,7 +269,8 @@ def test_retrain_policies_limits_retraining(prepared, tmp_path, monkeypatch) -> 
         retrain_policies=("random",),
         **kwargs,
     )
-    assert sorted(retrained) == [
+    retrained = sorted((j["policy"], j["retrain"], j["retrain_epochs"]) for j in jobs_run)
+    assert retrained == [
         ("oracle", False, None),
         ("presence", False, None),
         ("random", True, 1),
@@ -289,7 +282,7 @@ def test_retrain_policies_limits_retraining(prepared, tmp_path, monkeypatch) -> 
     report = (tmp_path / "report.md").read_text()
     iou_table = report.split("## IoU after retraining")[1].split("## Per class")[0]
     assert "| random | 0 | 0 | 1 |" in iou_table and "| oracle |" not in iou_table
-    retrained.clear()  # widening the retrained set redoes only the newly retrained jobs
+    jobs_run.clear()  # widening the retrained set redoes only the newly retrained jobs
     evaluate(
         prepared.path,
         tmp_path,
@@ -298,7 +291,7 @@ def test_retrain_policies_limits_retraining(prepared, tmp_path, monkeypatch) -> 
         retrain_policies=("random", "oracle"),
         **kwargs,
     )
-    assert retrained == [("oracle", True, 1)]
+    assert [(j["policy"], j["retrain"]) for j in jobs_run] == [("oracle", True)]
     for wrong, message in ((("oracle",), "include it"), (("random", "bald"), "not in --policies")):
         with pytest.raises(ValueError, match=message):
             evaluate(prepared.path, tmp_path, policies=policies, retrain_policies=wrong, **kwargs)
