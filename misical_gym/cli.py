@@ -259,7 +259,8 @@ def _add_demo(commands: Any) -> None:
         help="the whole story on the synthetic world: prepare, train, compare, retrain, report",
         description="Prepare the synthetic world, train a DDQN per rare class and a "
         "goal-conditioned one, compare them with SB3's DQN, the supervised ablation and the "
-        "heuristics, retrain the segmenter on each policy's picks, and write the report. "
+        "heuristics, retrain the segmenter on the DDQN's and random's picks (--quick: on every "
+        "policy's), and write the report. "
         "Offline; resumes when run again.",
     )
     add_demo_arguments(demo)
