@@ -310,7 +310,8 @@ class DDQN:
         """Train on ``env`` from now on; it must match the model's observation and actions.
 
         The episode in progress is abandoned: its last steps enter the replay as truncated, and
-        the next :meth:`learn` resets ``env``.
+        the next :meth:`learn` resets ``env``. As in SB3, only the env the model was built with
+        is seeded by ``seed``: call ``env.reset(seed=...)`` first for a run that repeats.
 
         Raises:
             ValueError: If the env's spaces differ, or (compact replay) it rebuilds different
