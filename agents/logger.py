@@ -7,9 +7,13 @@ from stable_baselines3.common.utils import configure_logger
 
 
 def run_logger(
-    verbose: int, tensorboard_log: str | None, tb_log_name: str, reset_num_timesteps: bool
+    verbose: int = 0,
+    tensorboard_log: str | None = None,
+    tb_log_name: str = "",
+    reset_num_timesteps: bool = True,
 ) -> Logger:
-    """SB3's ``configure_logger``, except that a silent run without TensorBoard writes nothing.
+    """SB3's ``configure_logger`` (same arguments and defaults), except that a silent run
+    without TensorBoard writes nothing.
 
     SB3 gives such a run a logger on a fresh ``SB3-<date>`` folder in the temp directory, which
     is created and never used; every ``learn`` call of a quiet test or script would leave one.

@@ -415,6 +415,12 @@ def test_a_quiet_run_without_tensorboard_writes_no_log_folder(
     assert not (tmp_path / "sb3").exists()
 
 
+def test_the_logger_is_ready_before_learn(tiny_store: FeatureStore) -> None:
+    model = DDQN(make_env(tiny_store), seed=0, **FAST)
+    model.logger.record("custom/value", 1.0)  # a callback may record before the first learn
+    assert model.logger.name_to_value["custom/value"] == 1.0
+
+
 def test_tensorboard_keys_and_run_directories_match_sb3(
     tiny_store: FeatureStore, tmp_path: Path
 ) -> None:
