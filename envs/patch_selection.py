@@ -255,29 +255,53 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         return obs
 
     def build_observation(
-        self, candidate_ids: np.ndarray, target: np.ndarray | int, budget_left: np.ndarray | float
+        self,
+        candidate_ids: np.ndarray,
+        target: np.ndarray | int,
+        budget_left: np.ndarray | float,
+        *,
+        may_have_empty: bool = True,
     ) -> np.ndarray:
         """The observation for candidate store ids (-1 = empty), a target and a budget fraction.
 
-        Works on a batch (leading dimensions broadcast) and honours ``flatten``.
+        Works on a batch (leading dimensions broadcast) and honours ``flatten``;
+        ``may_have_empty=False`` promises that every id is a patch (see
+        :meth:`~misical_gym.envs.core.ObservationBuilder.build`).
         """
-        rows = self.builder.build(candidate_ids, target, budget_left)
+        rows = self.builder.build(candidate_ids, target, budget_left, may_have_empty=may_have_empty)
         return rows.reshape(*rows.shape[:-2], -1) if self.flatten else rows
 
     # ------------------------------------------------------------------ internals
     def _draw_candidates(self) -> None:
-        k = min(self.pool_size, self._num_remaining)
-        self._positions = self.np_random.choice(self._num_remaining, size=k, replace=False)
-        if k == self.pool_size:
+        """Draw ``pool_size`` distinct positions among the remaining patches.
+
+        Draws with replacement and keeps a draw without repeats: rejection sampling, exact, and
+        nearly always accepted on a large pool, where it costs half of ``Generator.choice``'s
+        argument handling. A small pool, where draws keep repeating, falls back to ``choice``.
+        """
+        n, k = self._num_remaining, self.pool_size
+        if n >= k:
+            for _ in range(3):
+                # Truncation is floor here: both factors are non-negative.
+                positions = (self.np_random.random(k) * n).astype(np.int64)
+                if len(set(positions.tolist())) == k:
+                    self._positions = positions
+                    self._candidates = self._remaining[positions]
+                    return
+        self._positions = self.np_random.choice(n, size=min(k, n), replace=False)
+        if n >= k:
             self._candidates = self._remaining[self._positions]
         else:  # fewer patches left than slots: pad with empty, masked slots
-            self._candidates = np.full(self.pool_size, -1, dtype=np.int64)
-            self._candidates[:k] = self._remaining[self._positions]
+            self._candidates = np.full(k, -1, dtype=np.int64)
+            self._candidates[:n] = self._remaining[self._positions]
             self._mask = (self._candidates >= 0).astype(np.int8)
 
     def _observation(self) -> np.ndarray:
         return self.build_observation(
-            self._candidates, self.target, self._budget_left / self.budget
+            self._candidates,
+            self.target,
+            self._budget_left / self.budget,
+            may_have_empty=self._num_remaining < self.pool_size,
         )
 
     def _info(self, *, patch_id: int, target_pixels: int, masked: bool) -> dict[str, Any]:

@@ -152,6 +152,32 @@ def test_episode_takes_distinct_patches_and_terminates_on_budget(tiny_store) -> 
         env.unwrapped.step(0)
 
 
+# 8 of the split's 112 patches: rejection sampling; 100: draws nearly always repeat, so the
+# fallback; 150: more slots than patches, so masked slots.
+@pytest.mark.parametrize("pool_size", [8, 100, 150])
+def test_candidates_are_uniform_over_the_split(tiny_store, pool_size) -> None:
+    env = make(tiny_store, pool_size=pool_size).unwrapped
+    split = tiny_store.split_ids("init")
+    live = min(pool_size, split.size)
+    index = np.full(int(split.max()) + 1, -1)
+    index[split] = np.arange(split.size)
+    draws = 20 * split.size
+    first, last = np.zeros(split.size), np.zeros(split.size)
+    env.reset(seed=0)
+    for _ in range(draws):
+        _, info = env.reset()
+        ids = info["candidate_ids"]
+        assert len(set(ids[:live].tolist())) == live and (ids[live:] == -1).all()
+        first[index[ids[0]]] += 1
+        last[index[ids[live - 1]]] += 1
+    # Chi-square against uniform, with split.size - 1 degrees of freedom: six standard
+    # deviations above its mean is a bar a biased sampler (floor bias, sorted slots) fails.
+    bar = split.size - 1 + 6 * np.sqrt(2 * (split.size - 1))
+    expected = draws / split.size
+    for counts in (first, last):
+        assert ((counts - expected) ** 2 / expected).sum() < bar
+
+
 def test_same_seed_same_episode(tiny_store) -> None:
     a = rollout(make(tiny_store, budget=6, pool_size=8, target_class="random"), 11, 30)
     b = rollout(make(tiny_store, budget=6, pool_size=8, target_class="random"), 11, 30)
