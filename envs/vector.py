@@ -25,8 +25,10 @@ class MiSiCALVectorEnv(VectorEnv):
     mode: the step after a sub-environment terminates resets it, ignores its action and returns
     its first observation with reward 0.
 
-    Candidates are drawn by a partial Fisher–Yates shuffle over each episode's remaining
-    patches, one vectorised swap per candidate slot, so a step costs O(K) NumPy calls whatever N.
+    Candidates are drawn for all episodes at once by rejection sampling over each episode's
+    remaining patches, so a step costs a fixed number of NumPy calls whatever N; the episodes
+    whose draws keep repeating (small pools) fall back to a partial Fisher–Yates shuffle, one
+    vectorised swap per candidate slot.
     """
 
     metadata: ClassVar[dict[str, Any]] = {
