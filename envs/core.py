@@ -191,8 +191,6 @@ class ObservationBuilder:
         if target_onehot:
             names += [f"target:{name}" for name in store.class_names]
         self.names: tuple[str, ...] = tuple(names)
-        self._width = len(names)
-        self._num_global = len(GLOBAL_FEATURES)
         entropy_max = math.log(max(c, 2))
         high = np.ones(len(names), dtype=np.float32)
         high[: len(GLOBAL_FEATURES)] = entropy_max
@@ -220,9 +218,10 @@ class ObservationBuilder:
         """
         ids = np.asarray(candidate_ids, dtype=np.int64)
         # An empty slot (-1) takes the last row, like Python indexing; it is zeroed below.
+        # The method, not np.take: it skips NumPy's function dispatch, about 2 µs of a step.
         rows = self.features.take(ids, axis=0)  # [..., K, 3 + 2C]
-        out = np.empty((*ids.shape, self._width), dtype=np.float32)
-        g, nb = self._num_global, self.num_base
+        out = np.empty((*ids.shape, self.num_features), dtype=np.float32)
+        g, nb = len(GLOBAL_FEATURES), self.num_base
         out[..., :nb] = rows[..., :nb]
         if isinstance(target, int | np.integer):  # one target for every row: the fast path
             out[..., nb] = rows[..., g + target]

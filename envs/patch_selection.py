@@ -273,28 +273,29 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
 
     # ------------------------------------------------------------------ internals
     def _draw_candidates(self) -> None:
-        """Draw ``pool_size`` distinct positions among the remaining patches.
-
-        Draws with replacement and keeps a draw without repeats: rejection sampling, exact, and
-        nearly always accepted on a large pool, where it costs half of ``Generator.choice``'s
-        argument handling. A small pool, where draws keep repeating, falls back to ``choice``.
-        """
         n, k = self._num_remaining, self.pool_size
-        if n >= k:
-            for _ in range(3):
-                # Truncation is floor here: both factors are non-negative.
-                positions = (self.np_random.random(k) * n).astype(np.int64)
-                if len(set(positions.tolist())) == k:
-                    self._positions = positions
-                    self._candidates = self._remaining[positions]
-                    return
-        self._positions = self.np_random.choice(n, size=min(k, n), replace=False)
+        self._positions = self._distinct_positions(n, k)
         if n >= k:
             self._candidates = self._remaining[self._positions]
         else:  # fewer patches left than slots: pad with empty, masked slots
             self._candidates = np.full(k, -1, dtype=np.int64)
             self._candidates[:n] = self._remaining[self._positions]
             self._mask = (self._candidates >= 0).astype(np.int8)
+
+    def _distinct_positions(self, n: int, k: int) -> np.ndarray:
+        """``min(k, n)`` distinct positions in ``range(n)``, uniformly, in random order.
+
+        Draws with replacement and keeps a draw without repeats: rejection sampling, exact, and
+        nearly always accepted on a large pool, where it costs half of ``Generator.choice``'s
+        argument handling. A small pool, where draws keep repeating, falls back to ``choice``.
+        """
+        if n >= k:
+            for _ in range(3):
+                # Truncation is floor here: both factors are non-negative.
+                positions = (self.np_random.random(k) * n).astype(np.int64)
+                if len(set(positions.tolist())) == k:
+                    return positions
+        return self.np_random.choice(n, size=min(k, n), replace=False)
 
     def _observation(self) -> np.ndarray:
         return self.build_observation(
