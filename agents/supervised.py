@@ -25,6 +25,7 @@ from torch import nn
 
 from misical_gym.agents.rollout import RolloutLearner
 from misical_gym.atomic import atomic_path
+from misical_gym.runtime import resolve_device
 
 
 class SupervisedPolicy(RolloutLearner):
@@ -58,8 +59,6 @@ class SupervisedPolicy(RolloutLearner):
         verbose: int = 0,
     ) -> None:
         super().__init__(env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
-        from misical_gym.segmenter import resolve_device
-
         # Cast now, so a value of the wrong type fails here and not in the first fit.
         self.config = {
             "hidden": int(hidden),

@@ -24,7 +24,8 @@ from misical_gym.data import PatchGrid
 from misical_gym.data.synthetic import CLASS_NAMES, SyntheticScenes
 from misical_gym.features import mc_patch_features
 from misical_gym.prepare import SYNTHETIC_DEFAULTS, PrepareConfig
-from misical_gym.segmenter import SmallUNet, default_threads
+from misical_gym.runtime import default_threads
+from misical_gym.segmenter import SmallUNet
 
 
 class FullModelMC(torch.nn.Module):

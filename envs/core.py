@@ -9,7 +9,6 @@ from __future__ import annotations
 import bisect
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from misical_gym.errors import StoreError
 from misical_gym.paths import default_store_path
-from misical_gym.store import GLOBAL_FEATURES, MANIFEST, FeatureStore
+from misical_gym.store import MANIFEST, FeatureStore
 
 REWARD_SCHEMES: tuple[str, ...] = ("categorical", "binary", "share", "log_count")
 DEFAULT_REWARD_BINS: tuple[float, ...] = (0.0, 0.05)
@@ -33,9 +32,9 @@ _open_stores: dict[tuple[str, int], FeatureStore] = {}
 def resolve_store(root: str | os.PathLike[str] | None, store_name: str | None) -> FeatureStore:
     """Open the store at ``root``, else the default store called ``store_name``.
 
-    The default synthetic store is prepared on first use (offline, a few minutes, with progress
-    bars); any other missing store is an error that names the path and the command to run.
-    Opened stores are cached per process, so many environments share one memory map.
+    A missing store is an error that names the path and the command to run (the registered
+    ``MiSiCAL-Synthetic`` ids prepare theirs before they get here). Opened stores are cached per
+    process, so many environments share one memory map.
     """
     if root is None:
         if store_name is None:
@@ -44,15 +43,7 @@ def resolve_store(root: str | os.PathLike[str] | None, store_name: str | None) -
                 'e.g. gym.make("MiSiCAL-Store", root="~/.cache/misical/synthetic")'
             )
         path = default_store_path(store_name)
-        if store_name == "synthetic" and not (path / MANIFEST).is_file():
-            print(
-                f"misical: preparing the synthetic feature store at {path} (first use only)",
-                file=sys.stderr,
-            )
-            from misical_gym.prepare import prepare_synthetic  # torch only on this one-off path
-
-            prepare_synthetic(out=path)
-        elif not (path / MANIFEST).is_file():
+        if not (path / MANIFEST).is_file():
             hint = _PREPARE_HINTS.get(store_name, f"misical prepare {store_name} ...")
             raise StoreError(
                 f"no prepared {store_name!r} feature store at {path} (the default location: "
@@ -184,7 +175,9 @@ class ObservationBuilder:
         # A plain ndarray view of the memory map: NumPy's memmap subclass slows every gather.
         self.features = np.asarray(store.features)
         c = store.num_classes
-        self.num_base = len(GLOBAL_FEATURES) + c
+        layout = store.layout
+        self.num_global = layout.num_global
+        self.num_base = layout.class_bald.start
         self.target_onehot = target_onehot
         names = [*store.feature_names[: self.num_base], "target_presence", "target_class_bald"]
         names.append("budget_left")
@@ -193,7 +186,7 @@ class ObservationBuilder:
         self.names: tuple[str, ...] = tuple(names)
         entropy_max = math.log(max(c, 2))
         high = np.ones(len(names), dtype=np.float32)
-        high[: len(GLOBAL_FEATURES)] = entropy_max
+        high[: layout.num_global] = entropy_max
         high[self.num_base + 1] = math.log(2)
         self.low = np.zeros(len(names), dtype=np.float32)
         self.high = high
@@ -221,7 +214,7 @@ class ObservationBuilder:
         # The method, not np.take: it skips NumPy's function dispatch, about 2 µs of a step.
         rows = self.features.take(ids, axis=0)  # [..., K, 3 + 2C]
         out = np.empty((*ids.shape, self.num_features), dtype=np.float32)
-        g, nb = len(GLOBAL_FEATURES), self.num_base
+        g, nb = self.num_global, self.num_base
         out[..., :nb] = rows[..., :nb]
         if isinstance(target, int | np.integer):  # one target for every row: the fast path
             out[..., nb] = rows[..., g + target]

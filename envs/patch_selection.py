@@ -320,7 +320,9 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         """The last chosen patch outlined in red in its image (the first candidate's before any
         pick)."""
         patch = self._last_patch if self._last_patch >= 0 else int(self._candidates[0])
-        image = self.store.image(int(self.store.patches[patch, 0]))[0].copy()
+        from misical_gym.data import store_image
+
+        image = store_image(self.store, int(self.store.patches[patch, 0]))[0].copy()
         y0, x0, y1, x1 = self.store.boxes([patch])[0]
         red = np.array([255, 0, 0], dtype=np.uint8)
         image[y0, x0:x1] = image[y1 - 1, x0:x1] = red

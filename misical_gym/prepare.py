@@ -37,6 +37,8 @@ import numpy as np
 from misical_gym.atomic import atomic_write_text
 from misical_gym.data.base import SegmentationDataset
 from misical_gym.data.patches import PatchGrid, split_indices
+from misical_gym.data.resize import resize_example
+from misical_gym.layout import FeatureLayout
 from misical_gym.paths import default_store_path
 from misical_gym.store import SPLITS, FeatureStore
 
@@ -172,7 +174,7 @@ def prepare(
     Returns:
         The written store, opened.
     """
-    from misical_gym.segmenter import cpu_threads
+    from misical_gym.runtime import cpu_threads
 
     sources = [datasets] if isinstance(datasets, SegmentationDataset) else list(datasets)
     if not sources:
@@ -215,6 +217,7 @@ def _prepare(
     from tqdm.auto import tqdm
 
     from misical_gym.features import mc_patch_features, patch_class_counts
+    from misical_gym.runtime import resolve_device
     from misical_gym.segmenter import (
         SmallUNet,
         TrainConfig,
@@ -222,7 +225,6 @@ def _prepare(
         iou_from_confusion,
         load_segmenter,
         predict_labels,
-        resolve_device,
         save_segmenter,
         train_segmenter,
     )
@@ -290,7 +292,10 @@ def _prepare(
     partial = {"features": build / "features.partial.npy", "counts": build / "counts.partial.npy"}
     try:
         features = np.lib.format.open_memmap(
-            partial["features"], "w+", np.float32, (n * p, 3 + 2 * num_classes)
+            partial["features"],
+            "w+",
+            np.float32,
+            (n * p, FeatureLayout.of(class_names).num_columns),
         )
         counts = np.lib.format.open_memmap(partial["counts"], "w+", np.int32, (n * p, num_classes))
         image_sizes = np.empty((n, 2), dtype=np.int32)
@@ -418,18 +423,6 @@ def _stack(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     if len({image.shape for image, _ in pairs}) != 1:
         raise ValueError("training images differ in size; pass --image-size to resize them")
     return np.stack([image for image, _ in pairs]), np.stack([label for _, label in pairs])
-
-
-def resize_example(
-    image: np.ndarray, label: np.ndarray, size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``image`` (bilinear) and ``label`` (nearest) resized to ``size`` x ``size``, as prepare
-    does; retraining on acquired patches resizes the same way."""
-    from PIL import Image
-
-    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    resized_label = np.asarray(Image.fromarray(label).resize((size, size), Image.NEAREST))
-    return resized, resized_label
 
 
 def _fingerprint(*parts: Any) -> str:

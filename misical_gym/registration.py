@@ -1,6 +1,14 @@
-"""Registers the MiSiCAL environments with Gymnasium (idempotent; imports no torch)."""
+"""Registers the MiSiCAL environments with Gymnasium (idempotent; imports no torch).
+
+Registration is also where the offline default is made: the ``MiSiCAL-Synthetic`` entry points
+prepare the synthetic store on first use, so the environments themselves only ever open a
+store and never train a segmenter.
+"""
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 import gymnasium as gym
 
@@ -11,16 +19,63 @@ ENV_IDS: dict[str, dict[str, object]] = {
     "MiSiCAL-Store": {},
 }
 
+_SYNTHETIC = "MiSiCAL-Synthetic"
+
 
 def register_envs() -> None:
     """Register every id in :data:`ENV_IDS`; ids that are already registered are left alone."""
     for env_id, kwargs in ENV_IDS.items():
         if env_id in gym.registry:
             continue
+        module = "misical_gym.registration" if env_id == _SYNTHETIC else "misical_gym.envs"
+        single, vector = (
+            ("synthetic_env", "synthetic_vector_env")
+            if env_id == _SYNTHETIC
+            else ("MiSiCALEnv", "MiSiCALVectorEnv")
+        )
         gym.register(
             id=env_id,
-            entry_point="misical_gym.envs:MiSiCALEnv",
-            vector_entry_point="misical_gym.envs:MiSiCALVectorEnv",
+            entry_point=f"{module}:{single}",
+            vector_entry_point=f"{module}:{vector}",
             kwargs=dict(kwargs),
             disable_env_checker=False,
         )
+
+
+def ensure_synthetic_store(kwargs: dict[str, Any]) -> None:
+    """Prepare the default synthetic store when ``kwargs`` ask for it and it is missing.
+
+    Offline and deterministic, a few minutes with progress bars; a store given by ``root`` is
+    left alone.
+    """
+    if kwargs.get("root") is not None or kwargs.get("store_name") != "synthetic":
+        return
+    from misical_gym.paths import default_store_path
+    from misical_gym.store import MANIFEST
+
+    path = default_store_path("synthetic")
+    if (path / MANIFEST).is_file():
+        return
+    print(
+        f"misical: preparing the synthetic feature store at {path} (first use only)",
+        file=sys.stderr,
+    )
+    from misical_gym.prepare import prepare_synthetic  # torch only on this one-off path
+
+    prepare_synthetic(out=path)
+
+
+def synthetic_env(**kwargs: Any) -> gym.Env:
+    """``MiSiCAL-Synthetic``: a :class:`~misical_gym.envs.MiSiCALEnv` on the synthetic store."""
+    from misical_gym.envs import MiSiCALEnv
+
+    ensure_synthetic_store(kwargs)
+    return MiSiCALEnv(**kwargs)
+
+
+def synthetic_vector_env(**kwargs: Any) -> gym.vector.VectorEnv:
+    """The native vector env of ``MiSiCAL-Synthetic``."""
+    from misical_gym.envs import MiSiCALVectorEnv
+
+    ensure_synthetic_store(kwargs)
+    return MiSiCALVectorEnv(**kwargs)

@@ -32,14 +32,12 @@ import numpy as np
 from misical_gym.atomic import atomic_directory
 from misical_gym.data.patches import PatchGrid
 from misical_gym.errors import StoreError
+from misical_gym.layout import FeatureLayout
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS: tuple[str, ...] = ("init", "pool", "test")
 """Split names; ``patches[:, 3]`` holds the index of a patch's split in this tuple."""
-GLOBAL_FEATURES: tuple[str, ...] = ("bald_mean", "bald_max", "entropy_mean")
-"""Class-agnostic feature columns, first in every store."""
-
 _ARRAYS: dict[str, tuple[str, str]] = {
     # name: (dtype, shape description for messages)
     "features": ("float32", "[N, F]"),
@@ -49,20 +47,6 @@ _ARRAYS: dict[str, tuple[str, str]] = {
 }
 _CHUNK = 16 << 20
 _verified: dict[tuple[str, int, int], int] = {}
-
-
-def feature_names_for(class_names: Sequence[str]) -> tuple[str, ...]:
-    """The feature columns of a store over ``class_names``.
-
-    ``bald_mean, bald_max, entropy_mean``, then ``presence:<class>`` for every class (mean
-    predicted probability over the patch), then ``class_bald:<class>`` for every class
-    (one-vs-rest BALD, patch mean).
-    """
-    return (
-        GLOBAL_FEATURES
-        + tuple(f"presence:{c}" for c in class_names)
-        + tuple(f"class_bald:{c}" for c in class_names)
-    )
 
 
 def file_crc32(path: Path) -> int:
@@ -173,10 +157,7 @@ class FeatureStore:
             actual = getattr(self, name).shape
             if actual != shape:
                 raise StoreError(f"{self.path / (name + '.npy')}: shape {actual}, expected {shape}")
-        if (
-            self.feature_names[: len(GLOBAL_FEATURES)] != GLOBAL_FEATURES
-            or len(self.feature_names) != len(GLOBAL_FEATURES) + 2 * c
-        ):
+        if self.feature_names != self.layout.names:
             raise StoreError(f"{self.path / MANIFEST}: feature_names do not follow the schema")
 
     # ------------------------------------------------------------------ writing
@@ -202,7 +183,7 @@ class FeatureStore:
 
         Args:
             path: Directory to create.
-            features: ``[N, 3 + 2C]`` finite features in :func:`feature_names_for` order.
+            features: ``[N, 3 + 2C]`` finite features in :class:`FeatureLayout` order.
             counts: ``[N, C]`` non-negative oracle pixel counts.
             patches: ``[N, 4]`` image index, grid row, grid col, split code (index in SPLITS).
             image_sizes: ``[I, 2]`` image heights and widths.
@@ -223,7 +204,7 @@ class FeatureStore:
         if len(set(class_names)) != len(class_names):
             raise StoreError("class_names must be unique")
         c = len(class_names)
-        feature_names = feature_names_for(class_names)
+        feature_names = FeatureLayout.of(class_names).names
         arrays = {
             "features": np.asarray(features),
             "counts": np.asarray(counts),
@@ -312,6 +293,11 @@ class FeatureStore:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @cached_property
+    def layout(self) -> FeatureLayout:
+        """Where each feature column is."""
+        return FeatureLayout.of(self.class_names)
+
     @property
     def dataset(self) -> dict[str, Any]:
         """How the store's images can be reached again (``{"kind": ..., ...}``)."""
@@ -332,14 +318,12 @@ class FeatureStore:
     @property
     def presence(self) -> np.ndarray:
         """``[N, C]`` view: mean predicted probability of each class in each patch."""
-        k = len(GLOBAL_FEATURES)
-        return self.features[:, k : k + self.num_classes]
+        return self.features[:, self.layout.presence]
 
     @property
     def class_bald(self) -> np.ndarray:
         """``[N, C]`` view: one-vs-rest BALD of each class in each patch."""
-        k = len(GLOBAL_FEATURES) + self.num_classes
-        return self.features[:, k : k + self.num_classes]
+        return self.features[:, self.layout.class_bald]
 
     @cached_property
     def split_codes(self) -> np.ndarray:
@@ -359,23 +343,6 @@ class FeatureStore:
     def can_reach_images(self) -> bool:
         """Whether the manifest says where the images are (stores written by ``prepare``)."""
         return "sources" in self.dataset and "items" in self.dataset
-
-    def image(self, image_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``(image, label)`` of one of the store's images, read from its dataset again.
-
-        Raises:
-            StoreError: the store does not record where its images are.
-            DatasetError: the dataset is gone or changed.
-        """
-        if not self.can_reach_images:
-            raise StoreError(f"{self.path}: this store does not record where its images are")
-        from misical_gym.data import open_dataset
-
-        cache = self.__dict__.setdefault("_sources", {})
-        source, item = self.dataset["items"][int(image_index)]
-        if source not in cache:
-            cache[source] = open_dataset(self.dataset["sources"][source])
-        return cache[source][item]
 
     def class_patches(self, split: str) -> np.ndarray:
         """``[C]`` number of patches of ``split`` that hold each class (from the manifest)."""

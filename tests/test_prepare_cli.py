@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from misical_gym.cli import main
+from misical_gym.data import store_image
 from misical_gym.data.synthetic import SyntheticScenes
 from misical_gym.errors import StoreError
 from misical_gym.prepare import PrepareConfig, prepare, prepare_synthetic
@@ -157,7 +158,7 @@ def test_prepare_takes_a_train_and_a_test_dataset(tmp_path) -> None:
     assert (codes[20:] == SPLITS.index("test")).all()
     assert (codes[:20] == SPLITS.index("init")).sum() == 2 and (codes[:20] == 1).sum() == 18
     assert store.dataset["sources"] == [train.spec, test.spec]
-    image, label = store.image(25)  # the last image comes from the test dataset
+    image, label = store_image(store, 25)  # the last image comes from the test dataset
     np.testing.assert_array_equal(image, test[5][0])
     assert store.manifest["config"]["prepare"]["mc_samples"] == 2
     with pytest.raises(TypeError, match="unknown prepare setting"):
@@ -198,7 +199,7 @@ def test_rgb_array_outlines_the_chosen_patch(tiny_synthetic) -> None:
     env.reset(seed=0)
     _, _, _, _, info = env.step(0)
     frame = env.render()
-    image = tiny_synthetic.image(int(tiny_synthetic.patches[info["patch_id"], 0]))[0]
+    image = store_image(tiny_synthetic, int(tiny_synthetic.patches[info["patch_id"], 0]))[0]
     assert frame.shape == image.shape and frame.dtype == np.uint8
     y0, x0, y1, x1 = tiny_synthetic.boxes([info["patch_id"]])[0]
     assert (frame[y0, x0:x1] == [255, 0, 0]).all() and (frame[y1 - 1, x0:x1] == [255, 0, 0]).all()

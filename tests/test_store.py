@@ -13,7 +13,8 @@ import pytest
 
 from misical_gym.data.patches import PatchGrid
 from misical_gym.errors import StoreError
-from misical_gym.store import SPLITS, FeatureStore, feature_names_for
+from misical_gym.layout import FeatureLayout
+from misical_gym.store import SPLITS, FeatureStore
 from misical_gym.testing import write_random_store
 
 
@@ -47,7 +48,7 @@ def test_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(again.features, data["features"])
     np.testing.assert_array_equal(again.counts, data["counts"])
     assert isinstance(again.features, np.memmap)
-    assert again.feature_names == feature_names_for(data["class_names"])
+    assert again.feature_names == FeatureLayout.of(data["class_names"]).names
     assert again.class_names == ("c0", "c1", "c2") and again.image_ids == tuple(data["image_ids"])
     np.testing.assert_array_equal(store.presence, data["features"][:, 3:6])
     np.testing.assert_array_equal(store.class_bald, data["features"][:, 6:9])

@@ -157,7 +157,7 @@ def run_training(
     common = {"seed": seed, "tensorboard_log": str(run_dir), "device": device, "verbose": 0}
     valid = valid_hyperparams(agent)
     if "device" in valid:
-        from misical_gym.segmenter import resolve_device
+        from misical_gym.runtime import resolve_device
 
         resolve_device(device)  # a clear error for cuda without a GPU, before any work
     # Built before the run directory exists, so a bad hyperparameter leaves nothing behind.
@@ -193,7 +193,7 @@ def run_training(
     atomic_write_text(hyperparams_path, yaml.safe_dump({env_id: params}, sort_keys=False))
     config["command"] = train_command(config, hyperparams_path)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    from misical_gym.segmenter import cpu_threads
+    from misical_gym.runtime import cpu_threads
 
     start = time.time()
     with cpu_threads(threads):

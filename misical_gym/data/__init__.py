@@ -7,9 +7,13 @@ holding contiguous train ids ``0..C-1`` and 255 for ignore. Every dataset has ``
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from misical_gym.data.base import SegmentationDataset
 from misical_gym.data.classes import (
@@ -20,8 +24,12 @@ from misical_gym.data.classes import (
 )
 from misical_gym.data.coco import CocoJson, CocoStuff10k, CocoStuff164k
 from misical_gym.data.patches import PatchGrid, split_indices
+from misical_gym.data.resize import resize_example
 from misical_gym.data.synthetic import SyntheticScenes
-from misical_gym.errors import DatasetError
+from misical_gym.errors import DatasetError, StoreError
+
+if TYPE_CHECKING:
+    from misical_gym.store import FeatureStore
 
 __all__ = [
     "COCO_STUFF_CLASSES",
@@ -35,7 +43,9 @@ __all__ = [
     "SyntheticScenes",
     "coco_id_to_train_id",
     "open_dataset",
+    "resize_example",
     "split_indices",
+    "store_image",
 ]
 
 _DATASET_KINDS = ("synthetic", "coco10k", "coco164k", "coco-json")
@@ -77,3 +87,23 @@ def open_dataset(spec: Mapping[str, Any]) -> SegmentationDataset:
     except TypeError as err:
         raise DatasetError(f"dataset spec {dict(spec)!r} does not fit {kind!r}: {err}") from err
     return factory(**arguments)
+
+
+def store_image(store: FeatureStore, image_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(image, label)`` of one of ``store``'s images, read from its dataset again.
+
+    Raises:
+        StoreError: the store does not record where its images are.
+        DatasetError: the dataset is gone or changed.
+    """
+    if not store.can_reach_images:
+        raise StoreError(f"{store.path}: this store does not record where its images are")
+    source, item = store.dataset["items"][int(image_index)]
+    spec = store.dataset["sources"][source]
+    return _open_cached(json.dumps(spec, sort_keys=True))[item]
+
+
+@functools.lru_cache(maxsize=16)
+def _open_cached(spec_json: str) -> SegmentationDataset:
+    """Datasets reopened for :func:`store_image`, once per process and spec."""
+    return open_dataset(json.loads(spec_json))

@@ -27,6 +27,7 @@ from torch import nn
 
 from misical_gym.data.classes import IGNORE_INDEX
 from misical_gym.data.patches import PatchGrid
+from misical_gym.layout import FeatureLayout
 
 _EPS = 1e-12
 
@@ -106,7 +107,10 @@ def mc_patch_features(
     predictive = entropy(mean_p)
     num_classes = mean_p.shape[1]
     ys, xs = grid.edges(*mean_p.shape[-2:])
-    out = torch.empty((x.shape[0], grid.num_patches, 3 + 2 * num_classes), device=x.device)
+    # Positional names only: the layout's columns are the same for any class names.
+    layout = FeatureLayout.of(range(num_classes))
+    presence, class_bald_columns = layout.presence, layout.class_bald
+    out = torch.empty((x.shape[0], grid.num_patches, layout.num_columns), device=x.device)
     for index in range(grid.num_patches):
         r, c = divmod(index, grid.cols)
         window = (slice(ys[r], ys[r + 1]), slice(xs[c], xs[c + 1]))
@@ -114,16 +118,14 @@ def mc_patch_features(
         out[:, index, 0] = b.mean((-2, -1))
         out[:, index, 1] = b.amax((-2, -1))
         out[:, index, 2] = predictive[(slice(None), *window)].mean((-2, -1))
-        out[:, index, 3 : 3 + num_classes] = mean_p[(slice(None), slice(None), *window)].mean(
-            (-2, -1)
-        )
-        out[:, index, 3 + num_classes :] = class_bald[(slice(None), slice(None), *window)].mean(
+        out[:, index, presence] = mean_p[(slice(None), slice(None), *window)].mean((-2, -1))
+        out[:, index, class_bald_columns] = class_bald[(slice(None), slice(None), *window)].mean(
             (-2, -1)
         )
     # Keep every column inside the bounds the store and the environment promise.
-    out[..., :3].clamp_(0.0, math.log(max(num_classes, 2)))
-    out[..., 3 : 3 + num_classes].clamp_(0.0, 1.0)
-    out[..., 3 + num_classes :].clamp_(0.0, math.log(2))
+    out[..., : layout.num_global].clamp_(0.0, math.log(max(num_classes, 2)))
+    out[..., presence].clamp_(0.0, 1.0)
+    out[..., class_bald_columns].clamp_(0.0, math.log(2))
     return out.cpu().numpy()
 
 

@@ -15,16 +15,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from misical_gym.data.classes import IGNORE_INDEX
+from misical_gym.data import IGNORE_INDEX, resize_example, store_image
 from misical_gym.errors import DatasetError, StoreError
+from misical_gym.runtime import cpu_threads, resolve_device
 from misical_gym.segmenter.training import (
     TrainConfig,
     confusion_matrix,
-    cpu_threads,
     iou_from_confusion,
     load_segmenter,
     predict_labels,
-    resolve_device,
     train_segmenter,
 )
 from misical_gym.store import FeatureStore
@@ -241,7 +240,7 @@ def _load(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image ``index`` and its label (masked to ``boxes`` if given), resized as prepare did."""
     try:
-        image, label = store.image(index)
+        image, label = store_image(store, index)
     except (DatasetError, OSError) as exc:
         raise StoreError(
             f"retraining on acquired patches needs the images and labels of store {store.path}, "
@@ -252,6 +251,4 @@ def _load(
     size = store.manifest.get("config", {}).get("prepare", {}).get("image_size")
     if size is None:
         return image, label
-    from misical_gym.prepare import resize_example
-
     return resize_example(image, label, size)

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from misical_gym.runtime import cpu_threads, default_threads
 from misical_gym.segmenter import (
     SmallUNet,
     TrainConfig,
     class_weights,
-    cpu_threads,
-    default_threads,
     iou_from_confusion,
     load_segmenter,
     save_segmenter,

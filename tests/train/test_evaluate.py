@@ -11,6 +11,7 @@ import pytest
 
 import misical_gym.train.evaluate as evaluate_module
 from misical_gym.cli import main
+from misical_gym.data import store_image
 from misical_gym.train.evaluate import evaluate
 
 KW = {"targets": ["class3", "class5"], "budget": 12, "seeds": 2, "pool_size": 8}
@@ -210,10 +211,10 @@ def test_masked_label_keeps_labels_inside_the_acquired_boxes_only(prepared) -> N
     init_images = np.unique(store.patches[store.split_ids("init"), 0])
     assert data.num_init == len(init_images) and len(data.images) == data.num_init + 2
     for row, index in enumerate(init_images):  # init images keep their full labels
-        np.testing.assert_array_equal(data.labels[row], store.image(int(index))[1])
+        np.testing.assert_array_equal(data.labels[row], store_image(store, int(index))[1])
     for row, index, ids in ((data.num_init, first, mine), (data.num_init + 1, None, other)):
         index = int(store.patches[ids[0], 0]) if index is None else index
-        image, label = store.image(index)
+        image, label = store_image(store, index)
         keep = np.zeros(label.shape, dtype=bool)
         for y0, x0, y1, x1 in store.boxes(ids):
             keep[y0:y1, x0:x1] = True
