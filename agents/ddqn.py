@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from misical_gym.agents.logger import run_logger
 from misical_gym.agents.networks import DeepSetQNetwork
+from misical_gym.agents.policy import as_rows, candidate_masks, masked_argmax, valid_or_all
 from misical_gym.agents.replay import NStepPrioritizedReplayBuffer, ReplaySample
 
 REPLAY_MODES: tuple[str, ...] = ("auto", "compact", "raw")
@@ -515,7 +516,7 @@ class DDQN:
         def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)
 
-        next_masks = _valid_or_all(tensor(batch.next_action_masks, torch.bool))
+        next_masks = valid_or_all(tensor(batch.next_action_masks, torch.bool))
         return (
             tensor(obs, torch.float32),
             tensor(batch.actions, torch.int64),
@@ -549,36 +550,19 @@ class DDQN:
         Returns:
             The actions (a 0-d array for one observation) and ``state``.
         """
-        rows, single = self._as_rows(np.asarray(observation, dtype=np.float32))
-        if action_masks is None:
-            masks = np.any(rows != 0, axis=-1)
-        else:
-            masks = np.asarray(action_masks, dtype=bool).reshape(rows.shape[:2])
-        actions = self._greedy(rows, masks)
+        rows, single = as_rows(observation, self.candidate_shape, len(self._spec.obs_shape) == 2)
+        masks = candidate_masks(rows, action_masks)
+        actions = masked_argmax(self.scores(rows), masks)
         if not deterministic:
             for i in np.flatnonzero(self._rng.random(len(actions)) < self.exploration_rate):
                 actions[i] = self._random_action(masks[i])
         return (actions[0] if single else actions), state
 
-    def _as_rows(self, obs: np.ndarray) -> tuple[np.ndarray, bool]:
-        """``[B, K, F]`` candidate rows of one observation or a batch, and whether it was one."""
-        k, f = self._spec.candidate_shape
-        # A trailing axis of F features means rows, except for flat K=1 observations.
-        as_rows = obs.ndim >= 2 and obs.shape[-1] == f and (k > 1 or len(self._spec.obs_shape) == 2)
-        single = obs.ndim == (2 if as_rows else 1)
-        batch = obs[None] if single else obs
-        if batch.ndim != (3 if as_rows else 2) or batch.shape[-1] % f:
-            raise ValueError(
-                f"observations must be flat or rows of {f} features, one or a batch; got shape "
-                f"{obs.shape}"
-            )
-        return batch.reshape(batch.shape[0], -1, f), single
-
-    def _greedy(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """Q-values ``[B, K]`` of candidate rows ``[B, K, F]``."""
         with torch.no_grad():
-            q = self.q_net(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
-            valid = _valid_or_all(torch.as_tensor(masks, device=self.device))
-            return q.masked_fill(~valid, -torch.inf).argmax(dim=1).cpu().numpy()
+            q = self.q_net(torch.as_tensor(rows, dtype=torch.float32, device=self.device))
+        return q.cpu().numpy()
 
     def _random_action(self, mask: np.ndarray) -> np.int64:
         valid = np.flatnonzero(mask)
@@ -589,7 +573,7 @@ class DDQN:
         if self.num_timesteps < self.learning_starts or self._rng.random() < self.exploration_rate:
             return int(self._random_action(mask))
         num_features = self._spec.candidate_shape[1]
-        return int(self._greedy(obs.reshape(1, -1, num_features), mask[None])[0])
+        return int(masked_argmax(self.scores(obs.reshape(1, -1, num_features)), mask[None])[0])
 
     def _current_mask(self) -> np.ndarray:
         if self._action_masks is None:
@@ -815,8 +799,3 @@ class DDQN:
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.replay_buffer.load_state_dict(state["replay"])
         self._pending = state["pending"]
-
-
-def _valid_or_all(masks: torch.Tensor) -> torch.Tensor:
-    """Rows with no valid action count as all valid (any pick is then a no-op of equal worth)."""
-    return masks | ~masks.any(dim=-1, keepdim=True)

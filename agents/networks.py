@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from misical_gym.agents.policy import valid_rows
+
 
 def _mlp(in_features: int, widths: Sequence[int]) -> nn.Sequential:
     """Linear + ReLU layers of the given widths."""
@@ -86,7 +88,7 @@ class DeepSetQNetwork(nn.Module):
             ``[B, K]`` Q-values (also for empty slots; mask them when choosing actions).
         """
         x = obs.reshape(obs.shape[0], -1, self.num_features)
-        valid = x.ne(0).any(dim=-1, keepdim=True).to(x.dtype)  # [B, K, 1]
+        valid = valid_rows(x).unsqueeze(-1).to(x.dtype)  # [B, K, 1]
         count = valid.sum(dim=1).clamp_min(1.0)  # [B, 1]
         embedding = self.phi(x)  # [B, K, H]
         context = (embedding * valid).sum(dim=1) / count  # [B, H]

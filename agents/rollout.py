@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 from misical_gym.agents.logger import run_logger
+from misical_gym.agents.policy import greedy_actions
 
 
 class RolloutLearner:
@@ -49,20 +50,9 @@ class RolloutLearner:
         deterministic: bool = True,
         action_masks: np.ndarray | None = None,
     ) -> tuple[np.ndarray, None]:
-        """The highest-scoring valid candidate of each observation (one or a batch)."""
-        obs = np.asarray(observation, dtype=np.float32)
-        k, f = self.candidate_shape
-        single = obs.size == k * f
-        rows = obs.reshape(-1, k, f)
-        if action_masks is None:
-            valid = (rows != 0).any(-1)  # the env's empty slots are all-zero rows
-        else:
-            valid = np.asarray(action_masks, dtype=bool).reshape(-1, k)
-        scores = np.where(valid, self.scores(rows), -np.inf)
-        # Random tie-breaking: a tiny jitter below the scores' resolution.
-        jitter = self.rng.random(scores.shape) * 1e-9
-        actions = np.argmax(scores + jitter, axis=1)
-        return (actions[0] if single else actions), None
+        """The highest-scoring valid candidate of each observation (one or a batch); exact ties
+        are broken at random."""
+        return greedy_actions(self, observation, action_masks, self.rng)[0], None
 
     def set_env(self, env: gym.Env) -> None:
         if tuple(env.unwrapped.candidate_shape) != self.candidate_shape:

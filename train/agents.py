@@ -11,10 +11,16 @@ import inspect
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import numpy as np
 import yaml
+
+from misical_gym.agents.policy import as_rows, candidate_masks, greedy_actions
+
+if TYPE_CHECKING:
+    import torch
 
 SB3_AGENTS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c", "maskable-ppo")
 HEURISTIC_AGENTS: tuple[str, ...] = ("random", "bald", "entropy", "presence", "oracle")
@@ -178,12 +184,21 @@ class MaskedSB3:
         self.model.learn(*args, **kwargs)
         return self
 
-    def scores(self, observation: Any) -> Any:
+    @property
+    def candidate_shape(self) -> tuple[int, int]:
+        """``(K, F)``: one action per candidate, the flat observation split into K rows."""
+        k = int(self.model.action_space.n)
+        return k, int(np.prod(self.model.observation_space.shape)) // k
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
         """Per-action preferences ``[B, K]``: Q-values (DQN, QR-DQN mean) or policy logits."""
+        return self._scores(rows).cpu().numpy()
+
+    def _scores(self, rows: np.ndarray) -> torch.Tensor:
         import torch
 
         policy = self.model.policy
-        obs, _ = policy.obs_to_tensor(observation)
+        obs, _ = policy.obs_to_tensor(np.asarray(rows).reshape(len(rows), -1))
         with torch.no_grad():
             if hasattr(policy, "q_net"):  # DQN
                 return policy.q_net(obs)
@@ -193,26 +208,22 @@ class MaskedSB3:
 
     def predict(
         self,
-        observation: Any,
+        observation: np.ndarray,
         state: Any = None,
-        episode_start: Any = None,
+        episode_start: np.ndarray | None = None,
         deterministic: bool = True,
-        action_masks: Any = None,
-    ) -> tuple[Any, Any]:
-        import numpy as np
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, Any]:
         import torch
 
         if type(self.model).__name__ == "MaskablePPO" or action_masks is None:
             kwargs = {} if action_masks is None else {"action_masks": action_masks}
             return self.model.predict(observation, state, episode_start, deterministic, **kwargs)
-        policy = self.model.policy
-        vectorized = policy.obs_to_tensor(observation)[1]
-        scores = self.scores(observation)
-        masks = torch.as_tensor(np.asarray(action_masks, dtype=bool), device=policy.device)
-        scores = scores.masked_fill(~masks.reshape(scores.shape), -torch.inf)
-        if deterministic or not hasattr(policy, "get_distribution"):
-            actions = scores.argmax(dim=1)
-        else:
-            actions = torch.distributions.Categorical(logits=scores).sample()
-        actions = actions.cpu().numpy()
-        return (actions if vectorized else actions[0]), state
+        if deterministic or not hasattr(self.model.policy, "get_distribution"):
+            return greedy_actions(self, observation, action_masks)[0], state
+        rows, single = as_rows(observation, self.candidate_shape)
+        logits = self._scores(rows)
+        masks = torch.as_tensor(candidate_masks(rows, action_masks), device=logits.device)
+        logits = logits.masked_fill(~masks, -torch.inf)
+        actions = torch.distributions.Categorical(logits=logits).sample().cpu().numpy()
+        return (actions[0] if single else actions), state

@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
+from misical_gym.agents.policy import greedy_actions
 from misical_gym.atomic import atomic_write_text
 from misical_gym.train.agents import HEURISTIC_AGENTS, load_agent, make_agent
 
@@ -57,31 +58,6 @@ def load_policy(policy: str, env: gym.Env, device: str = "auto", seed: int = 0) 
     raise ValueError(f"{path} is not a model this package can load ({'; '.join(errors)})")
 
 
-def row_width(model: Any, pool_size: int) -> int | None:
-    """Features per candidate the policy was trained on (None for a heuristic)."""
-    if hasattr(model, "candidate_shape"):  # the package's DDQN, built for any K
-        return int(model.candidate_shape[1])
-    space = getattr(model, "observation_space", None)
-    if space is None or space.shape is None:
-        return None
-    return int(np.prod(space.shape)) // pool_size
-
-
-def candidate_scores(model: Any, obs: np.ndarray, env: gym.Env) -> np.ndarray:
-    """The policy's preference for each candidate of one observation (``[K]``)."""
-    rows = obs.reshape(env.unwrapped.candidate_shape)
-    if hasattr(model, "q_net") and hasattr(model, "_greedy"):  # the package's DDQN
-        import torch
-
-        with torch.no_grad():
-            q = model.q_net(torch.as_tensor(rows[None], dtype=torch.float32, device=model.device))
-        return q[0].cpu().numpy()
-    if hasattr(model, "scores"):
-        scores = model.scores(rows[None] if not hasattr(model, "model") else obs[None])
-        return np.asarray(scores.cpu() if hasattr(scores, "cpu") else scores)[0]
-    raise TypeError(f"cannot score candidates with {type(model).__name__}")
-
-
 def select_patches(
     store: str | os.PathLike[str],
     policy: str,
@@ -109,7 +85,7 @@ def select_patches(
     env = make_env(target_onehot=False)
     model = load_policy(policy, env, device, seed)
     if (
-        row_width(model, pool_size)
+        model.candidate_shape[1]
         == env.unwrapped.candidate_shape[1] + env.unwrapped.store.num_classes
     ):
         # A goal-conditioned policy (trained on target_class="random") reads the target as a
@@ -119,12 +95,11 @@ def select_patches(
     picks: list[dict[str, Any]] = []
     terminated = False
     while not terminated:
-        mask = info["action_mask"].astype(bool)
-        scores = np.where(mask, candidate_scores(model, obs, env), -np.inf)
-        action = int(np.argmax(scores))
-        obs, _, terminated, _, info = env.step(action)
+        # Exact ties go to the lowest slot, as selections always have (reproducible picks).
+        action, scores = greedy_actions(model, obs, info["action_mask"])
+        obs, _, terminated, _, info = env.step(int(action))
         if info["patch_id"] >= 0:
-            picks.append({"patch_id": int(info["patch_id"]), "score": float(scores[action])})
+            picks.append({"patch_id": int(info["patch_id"]), "score": float(scores[0, action])})
     s = env.unwrapped.store
     ids = np.array([p["patch_id"] for p in picks], dtype=np.int64)
     boxes = s.boxes(ids) if ids.size else np.zeros((0, 4), dtype=np.int64)
