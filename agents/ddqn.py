@@ -1,10 +1,11 @@
 """Double DQN with n-step prioritized replay and Polyak target updates: the MiSiCAL learner.
 
-The agent mirrors Stable-Baselines3's interface (constructor keywords as the configuration,
-``learn``/``predict``/``save``/``load``, SB3 callbacks and TensorBoard keys), so a training script
-can swap it for any SB3 algorithm. Reading order: the constructor (configuration and networks),
-``learn`` (one loop: act, step, store, train, log, checkpoint), ``_train_step`` (one gradient
-step of Double DQN on a prioritized batch), then acting, storage and checkpoints.
+Read it top to bottom: :class:`DDQNConfig` (every hyperparameter, validated), then
+:class:`DDQN`: the networks and the replay, acting (ε-greedy over valid candidates), the replay
+step (what each transition stores), the update (one gradient step of Double DQN on a
+prioritized batch), then checkpoints. The SB3 shell around it (``learn``, ``set_env``, logger,
+callbacks, episode statistics) is :class:`~misical_gym.agents.learner.Learner`, so a training
+script can swap this agent for any SB3 algorithm.
 
 Two replay modes:
 
@@ -19,12 +20,9 @@ Both feed the network identical observations, so for the same seed they train id
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
-import sys
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +30,142 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.logger import Logger
-from tqdm.auto import tqdm
+from stable_baselines3.common.callbacks import BaseCallback
 
-from misical_gym.agents.logger import run_logger
+from misical_gym.agents.learner import EPISODE_KEYS, Learner, TrainingState
 from misical_gym.agents.networks import DeepSetQNetwork
 from misical_gym.agents.policy import as_rows, candidate_masks, masked_argmax, valid_or_all
 from misical_gym.agents.replay import NStepPrioritizedReplayBuffer, ReplaySample
+from misical_gym.atomic import atomic_path
+from misical_gym.runtime import resolve_device
 
 REPLAY_MODES: tuple[str, ...] = ("auto", "compact", "raw")
 TARGET_UPDATES: tuple[str, ...] = ("soft", "hard")
 POLICY_KWARGS: tuple[str, ...] = ("phi_arch", "rho_arch", "dueling")
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2
+"""Version 2 holds plain data and tensors only (read with ``weights_only=True``); version 1
+files were pickles and are refused."""
 
-Callback = BaseCallback | Callable[[dict[str, Any], dict[str, Any]], bool | None] | list | None
+
+@dataclass(frozen=True)
+class DDQNConfig:
+    """Every hyperparameter of :class:`DDQN`; the constructor's keywords are these fields."""
+
+    learning_rate: float = 1e-4
+    """Adam step size."""
+    buffer_size: int = 100_000
+    """Replay capacity in transitions (observation slots)."""
+    batch_size: int = 64
+    """Transitions per gradient step."""
+    gamma: float = 0.99
+    """Discount factor."""
+    n_step: int = 3
+    """Length of the n-step return."""
+    tau: float = 0.005
+    """Polyak rate of the soft target update, applied after every gradient step (the paper's β;
+    PER's β is ``per_beta0``)."""
+    train_freq: int = 4
+    """Env steps between training rounds."""
+    gradient_steps: int = 1
+    """Gradient steps per round; -1 means ``train_freq``."""
+    learning_starts: int = 1_000
+    """Env steps of uniform random actions before training starts."""
+    exploration_fraction: float = 0.1
+    """Share of training over which ε falls linearly."""
+    exploration_initial_eps: float = 1.0
+    """ε at the start."""
+    exploration_final_eps: float = 0.05
+    """ε after ``exploration_fraction`` of training."""
+    per_alpha: float = 0.6
+    """Priority exponent α."""
+    per_beta0: float = 0.4
+    """Initial importance-sampling exponent β, annealed linearly to 1."""
+    per_eps: float = 1e-6
+    """Added to ``|TD error|`` before the power α."""
+    target_update: str = "soft"
+    """``"soft"`` (Polyak with ``tau``) or ``"hard"`` (copy every ``target_update_interval``
+    env steps, like SB3's DQN with ``tau=1``)."""
+    target_update_interval: int = 10_000
+    """Env steps between hard copies."""
+    max_grad_norm: float = 10.0
+    """Gradient norm clip."""
+    replay: str = "auto"
+    """``"compact"`` (store ids, rebuild observations from the env's store), ``"raw"`` (store
+    observations) or ``"auto"`` (compact when the env offers it)."""
+    checkpoint_freq: int = 0
+    """Write a resumable checkpoint (replay included) to ``checkpoint_path`` at the first
+    episode end after every ``checkpoint_freq`` env steps; 0 disables it."""
+    checkpoint_path: str | None = None
+    """File of the checkpoint, overwritten atomically each time."""
+    stats_window_size: int = 100
+    """Episodes averaged in the ``rollout/`` and ``al/`` logs."""
+    tensorboard_log: str | None = None
+    """Directory of TensorBoard runs (``<tb_log_name>_<n>``, as SB3)."""
+    verbose: int = 0
+    """1 also prints the logs to stdout."""
+    seed: int | None = None
+    """Seeds the network initialisation, exploration, replay sampling and the env's first
+    reset."""
+    device: str = "auto"
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``..."""
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Q-network options: ``phi_arch`` (default ``[128, 128]``), ``rho_arch`` (default
+    ``[128]``), ``dueling`` (default False)."""
+
+    def __post_init__(self) -> None:
+        # Plain data only, so a checkpoint holds no pickled objects.
+        if self.checkpoint_path is not None:
+            object.__setattr__(self, "checkpoint_path", os.fspath(self.checkpoint_path))
+        object.__setattr__(self, "policy_kwargs", dict(self.policy_kwargs or {}))
+        checks = {
+            "learning_rate > 0": self.learning_rate > 0,
+            "batch_size >= 1": self.batch_size >= 1,
+            "0 <= gamma <= 1": 0 <= self.gamma <= 1,
+            "n_step >= 1": self.n_step >= 1,
+            "buffer_size > n_step": self.buffer_size > self.n_step,
+            "0 < tau <= 1": 0 < self.tau <= 1,
+            "train_freq >= 1": self.train_freq >= 1,
+            "gradient_steps >= 1 or -1": self.gradient_steps >= 1 or self.gradient_steps == -1,
+            "learning_starts >= 0": self.learning_starts >= 0,
+            "0 < exploration_fraction <= 1": 0 < self.exploration_fraction <= 1,
+            "exploration eps in [0, 1]": all(
+                0 <= e <= 1 for e in (self.exploration_initial_eps, self.exploration_final_eps)
+            ),
+            "per_alpha >= 0": self.per_alpha >= 0,
+            "0 <= per_beta0 <= 1": 0 <= self.per_beta0 <= 1,
+            "per_eps >= 0": self.per_eps >= 0,
+            "target_update_interval >= 1": self.target_update_interval >= 1,
+            "max_grad_norm > 0": self.max_grad_norm > 0,
+            "checkpoint_freq >= 0": self.checkpoint_freq >= 0,
+            "stats_window_size >= 1": self.stats_window_size >= 1,
+        }
+        failed = [rule for rule, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"invalid DDQN arguments, these must hold: {', '.join(failed)}")
+        if self.target_update not in TARGET_UPDATES:
+            raise ValueError(
+                f"target_update must be one of {TARGET_UPDATES}, got {self.target_update!r}"
+            )
+        if self.replay not in REPLAY_MODES:
+            raise ValueError(f"replay must be one of {REPLAY_MODES}, got {self.replay!r}")
+        if self.checkpoint_freq and self.checkpoint_path is None:
+            raise ValueError("checkpoint_freq needs a checkpoint_path")
+        unknown = set(self.policy_kwargs) - set(POLICY_KWARGS)
+        if unknown:
+            raise ValueError(
+                f"unknown policy_kwargs {sorted(unknown)}; valid keys: {', '.join(POLICY_KWARGS)}"
+            )
+
+    @classmethod
+    def with_overrides(cls, config: DDQNConfig | None, overrides: dict[str, Any]) -> DDQNConfig:
+        """``config`` (default: the defaults) with ``overrides``; unknown keys are an error."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise ValueError(
+                f"unknown DDQN argument(s) {', '.join(unknown)}; valid ones: {', '.join(names)}"
+            )
+        return dataclasses.replace(config or cls(), **overrides)
 
 
 @dataclass(frozen=True)
@@ -90,18 +209,7 @@ class _EnvSpec:
         return cls(obs_shape, (int(shape[0]), int(shape[1])), compact_size)
 
 
-class _FunctionCallback(BaseCallback):
-    """A plain ``callback(locals_, globals_)``; training stops only when it returns False."""
-
-    def __init__(self, function: Callable[[dict[str, Any], dict[str, Any]], bool | None]) -> None:
-        super().__init__()
-        self.function = function
-
-    def _on_step(self) -> bool:
-        return self.function(self.locals, self.globals) is not False
-
-
-class DDQN:
+class DDQN(Learner):
     """Double DQN with n-step proportional prioritized replay and soft (Polyak) target updates.
 
     The Q-network is a :class:`~misical_gym.agents.networks.DeepSetQNetwork`: it scores every
@@ -118,37 +226,11 @@ class DDQN:
         ```
     """
 
+    config_class = DDQNConfig
+    tb_log_name = "DDQN"
+
     def __init__(
-        self,
-        env: gym.Env | str,
-        *,
-        learning_rate: float = 1e-4,
-        buffer_size: int = 100_000,
-        batch_size: int = 64,
-        gamma: float = 0.99,
-        n_step: int = 3,
-        tau: float = 0.005,
-        train_freq: int = 4,
-        gradient_steps: int = 1,
-        learning_starts: int = 1_000,
-        exploration_fraction: float = 0.1,
-        exploration_initial_eps: float = 1.0,
-        exploration_final_eps: float = 0.05,
-        per_alpha: float = 0.6,
-        per_beta0: float = 0.4,
-        per_eps: float = 1e-6,
-        target_update: str = "soft",
-        target_update_interval: int = 10_000,
-        max_grad_norm: float = 10.0,
-        replay: str = "auto",
-        checkpoint_freq: int = 0,
-        checkpoint_path: str | os.PathLike[str] | None = None,
-        stats_window_size: int = 100,
-        tensorboard_log: str | None = None,
-        verbose: int = 0,
-        seed: int | None = None,
-        device: str | torch.device = "auto",
-        policy_kwargs: dict[str, Any] | None = None,
+        self, env: gym.Env | str, config: DDQNConfig | None = None, **hyperparams: Any
     ) -> None:
         """Configure the agent and build its networks and replay buffer.
 
@@ -156,156 +238,62 @@ class DDQN:
             env: A Gymnasium env with a ``Discrete(K)`` action space whose observation holds one
                 row of F features per action (``env.unwrapped.candidate_shape == (K, F)``), or
                 an env id for ``gym.make``.
-            learning_rate: Adam step size.
-            buffer_size: Replay capacity in transitions (observation slots).
-            batch_size: Transitions per gradient step.
-            gamma: Discount factor.
-            n_step: Length of the n-step return.
-            tau: Polyak rate of the soft target update, applied after every gradient step
-                (the paper's β; PER's β is ``per_beta0``).
-            train_freq: Env steps between training rounds.
-            gradient_steps: Gradient steps per round; -1 means ``train_freq``.
-            learning_starts: Env steps of uniform random actions before training starts.
-            exploration_fraction: Share of training over which ε falls linearly.
-            exploration_initial_eps: ε at the start.
-            exploration_final_eps: ε after ``exploration_fraction`` of training.
-            per_alpha: Priority exponent α.
-            per_beta0: Initial importance-sampling exponent β, annealed linearly to 1.
-            per_eps: Added to ``|TD error|`` before the power α.
-            target_update: ``"soft"`` (Polyak with ``tau``) or ``"hard"`` (copy every
-                ``target_update_interval`` env steps, like SB3's DQN with ``tau=1``).
-            target_update_interval: Env steps between hard copies.
-            max_grad_norm: Gradient norm clip.
-            replay: ``"compact"`` (store ids, rebuild observations from the env's store),
-                ``"raw"`` (store observations) or ``"auto"`` (compact when the env offers it).
-            checkpoint_freq: Write a resumable checkpoint (replay included) to
-                ``checkpoint_path`` at the first episode end after every ``checkpoint_freq``
-                env steps; 0 disables it.
-            checkpoint_path: File of the checkpoint, overwritten atomically each time.
-            stats_window_size: Episodes averaged in the ``rollout/`` and ``al/`` logs.
-            tensorboard_log: Directory of TensorBoard runs (``<tb_log_name>_<n>``, as SB3).
-            verbose: 1 also prints the logs to stdout.
-            seed: Seeds the network initialisation, exploration, replay sampling and the env's
-                first reset.
-            device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
-            policy_kwargs: Q-network options: ``phi_arch`` (default ``[128, 128]``),
-                ``rho_arch`` (default ``[128]``), ``dueling`` (default False).
+            config: The hyperparameters (default: :class:`DDQNConfig`'s defaults).
+            **hyperparams: Fields of :class:`DDQNConfig` overriding ``config``, SB3-style
+                (``DDQN(env, gamma=0.9)``).
 
         Raises:
-            ValueError: If an argument is out of range or the env does not fit.
+            ValueError: If an argument is unknown or out of range, or the env does not fit.
         """
-        config = {name: value for name, value in locals().items() if name not in ("self", "env")}
         if isinstance(env, str):
             env = gym.make(env)
-        self._configure(config, device)
-        self._setup_model(_EnvSpec.of(env, self.replay))
+        self._build(DDQNConfig.with_overrides(config, hyperparams))
+        self._setup_model(_EnvSpec.of(env, self.config.replay))
         self.set_env(env)
 
-    # ------------------------------------------------------------------ configuration
-    def _configure(self, config: dict[str, Any], device: str | torch.device) -> None:
-        """Set and check the hyperparameters (constructor keywords become attributes)."""
-        self._config = dict(config)
-        for name, value in config.items():
-            setattr(self, name, value)
-        self.policy_kwargs = dict(config["policy_kwargs"] or {})
-        checks = {
-            "learning_rate > 0": self.learning_rate > 0,
-            "batch_size >= 1": self.batch_size >= 1,
-            "0 <= gamma <= 1": 0 <= self.gamma <= 1,
-            "n_step >= 1": self.n_step >= 1,
-            "buffer_size > n_step": self.buffer_size > self.n_step,
-            "0 < tau <= 1": 0 < self.tau <= 1,
-            "train_freq >= 1": self.train_freq >= 1,
-            "gradient_steps >= 1 or -1": self.gradient_steps >= 1 or self.gradient_steps == -1,
-            "learning_starts >= 0": self.learning_starts >= 0,
-            "0 < exploration_fraction <= 1": 0 < self.exploration_fraction <= 1,
-            "exploration eps in [0, 1]": all(
-                0 <= e <= 1 for e in (self.exploration_initial_eps, self.exploration_final_eps)
-            ),
-            "per_alpha >= 0": self.per_alpha >= 0,
-            "0 <= per_beta0 <= 1": 0 <= self.per_beta0 <= 1,
-            "per_eps >= 0": self.per_eps >= 0,
-            "target_update_interval >= 1": self.target_update_interval >= 1,
-            "max_grad_norm > 0": self.max_grad_norm > 0,
-            "checkpoint_freq >= 0": self.checkpoint_freq >= 0,
-            "stats_window_size >= 1": self.stats_window_size >= 1,
-        }
-        failed = [rule for rule, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError(f"invalid DDQN arguments, these must hold: {', '.join(failed)}")
-        if self.target_update not in TARGET_UPDATES:
-            raise ValueError(
-                f"target_update must be one of {TARGET_UPDATES}, got {self.target_update!r}"
-            )
-        if self.replay not in REPLAY_MODES:
-            raise ValueError(f"replay must be one of {REPLAY_MODES}, got {self.replay!r}")
-        if self.checkpoint_freq and self.checkpoint_path is None:
-            raise ValueError("checkpoint_freq needs a checkpoint_path")
-        unknown = set(self.policy_kwargs) - set(POLICY_KWARGS)
-        if unknown:
-            raise ValueError(
-                f"unknown policy_kwargs {sorted(unknown)}; valid keys: {', '.join(POLICY_KWARGS)}"
-            )
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+    def _build(self, config: DDQNConfig) -> None:
+        self.config = config
+        super().__init__(
+            config.seed, config.tensorboard_log, config.verbose, config.stats_window_size
+        )
+        self.device = resolve_device(config.device)
 
+    # ------------------------------------------------------------------ networks and replay
     def _setup_model(self, spec: _EnvSpec) -> None:
         """Build the networks, optimiser, replay buffer and counters for ``spec``."""
+        c = self.config
         self._spec = spec
         num_actions, num_features = spec.candidate_shape
         # Seed only the initialisation, leaving torch's global generator as it was.
         with torch.random.fork_rng(devices=[]):
-            if self.seed is not None:
-                torch.manual_seed(self.seed)
-            self.q_net = DeepSetQNetwork(num_features, **self.policy_kwargs).to(self.device)
+            if c.seed is not None:
+                torch.manual_seed(c.seed)
+            self.q_net = DeepSetQNetwork(num_features, **c.policy_kwargs).to(self.device)
         self.q_net_target = copy.deepcopy(self.q_net).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=self.learning_rate)
+        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=c.learning_rate)
         compact = spec.compact_size is not None
         self.replay_buffer = NStepPrioritizedReplayBuffer(
-            self.buffer_size,
+            c.buffer_size,
             (spec.compact_size,) if compact else spec.obs_shape,
             num_actions,
-            n_step=self.n_step,
-            gamma=self.gamma,
-            alpha=self.per_alpha,
-            eps=self.per_eps,
+            n_step=c.n_step,
+            gamma=c.gamma,
+            alpha=c.per_alpha,
+            eps=c.per_eps,
             obs_dtype=np.int64 if compact else np.float32,
         )
-        self._rng = np.random.default_rng(self.seed)
-        self.env: gym.Env | None = None
-        self.num_timesteps = 0
-        self.exploration_rate = self.exploration_initial_eps
-        self._n_updates = 0
-        self._episode_num = 0
-        self._total_timesteps = 0
-        self._last_checkpoint = 0
-        self._env_seeded = False
+        self._rng = np.random.default_rng(c.seed)
+        self.state = TrainingState(exploration_rate=c.exploration_initial_eps)
         # An observation and its compact state, checked against every env the replay meets.
         self._compact_probe: tuple[np.ndarray, np.ndarray] | None = None
-        self._logger: Logger | None = None
-        self._reset_episode_stats()
+        self._train_stats = {"loss": 0.0, "q": 0.0, "updates": 0}
+        self._per_beta = c.per_beta0
         self._forget_episode()
 
-    def _reset_episode_stats(self) -> None:
-        window = self.stats_window_size
-        self._ep_returns: deque[float] = deque(maxlen=window)
-        self._ep_lengths: deque[int] = deque(maxlen=window)
-        self._ep_target_pixels: deque[int] = deque(maxlen=window)
-        self._ep_hits: deque[int] = deque(maxlen=window)
-        self._train_stats = {"loss": 0.0, "q": 0.0, "updates": 0}
-
-    def _forget_episode(self) -> None:
-        """Drop the current episode (the env is reset at the next step)."""
-        self._last_obs: np.ndarray | None = None
-        self._last_stored: np.ndarray | None = None
-        self._pending: dict[str, Any] | None = None
-        self._episode = {"return": 0.0, "length": 0, "target_pixels": 0, "hits": 0}
-
-    # ------------------------------------------------------------------ environment
-    def get_env(self) -> gym.Env | None:
-        """The training env (a plain Gymnasium env, not an SB3 VecEnv)."""
-        return self.env
+    @property
+    def candidate_shape(self) -> tuple[int, int]:
+        """``(K, F)``: candidates per observation and features per candidate it was built for."""
+        return self._spec.candidate_shape
 
     def set_env(self, env: gym.Env | str) -> None:
         """Train on ``env`` from now on; it must match the model's observation and actions.
@@ -330,8 +318,7 @@ class DDQN:
             raise ValueError(f"env does not match the model: model {self._spec}, env {spec}")
         if self._compact_probe is not None:
             self._check_compact(env, *self._compact_probe)
-        self._abandon_episode()
-        self.env = env
+        super().set_env(env)
         action_masks = getattr(env.unwrapped, "action_masks", None)
         self._action_masks = action_masks if callable(action_masks) else None
 
@@ -345,189 +332,18 @@ class DDQN:
                 "observations); use replay='raw' or the env the replay was filled from"
             )
 
-    @property
-    def candidate_shape(self) -> tuple[int, int]:
-        """``(K, F)``: candidates per observation and features per candidate it was built for."""
-        return self._spec.candidate_shape
-
-    # ------------------------------------------------------------------ training loop
-    @property
-    def logger(self) -> Logger:
-        """The SB3 logger of the current :meth:`learn` call (callbacks record through it)."""
-        if self._logger is None:
-            self._logger = run_logger(self.verbose)
-        return self._logger
-
-    def learn(
-        self,
-        total_timesteps: int,
-        callback: Callback = None,
-        log_interval: int = 4,
-        tb_log_name: str = "DDQN",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> DDQN:
-        """Train for ``total_timesteps`` env steps.
-
-        Args:
-            total_timesteps: Env steps to take in this call.
-            callback: An SB3 ``BaseCallback``, a list of them, or a plain
-                ``callback(locals_, globals_)`` that returns False to stop.
-            log_interval: Episodes between log writes.
-            tb_log_name: TensorBoard run name; runs go to ``<tensorboard_log>/<name>_<n>``.
-            reset_num_timesteps: Start counting (and the schedules, and a new TensorBoard run)
-                from zero; False continues the previous run, e.g. after :meth:`load`.
-            progress_bar: Show a tqdm progress bar.
-
-        Returns:
-            The agent itself.
-        """
-        if self.env is None:
-            raise ValueError("the model has no env: pass env= to DDQN.load or call set_env()")
-        self._setup_learn(total_timesteps, reset_num_timesteps, tb_log_name)
-        callback = self._init_callback(callback)
-        callback.on_training_start(locals(), globals())
-        bar = tqdm(total=total_timesteps, disable=not progress_bar, unit="step")
-        callback.on_rollout_start()
-        while self.num_timesteps < self._total_timesteps:
-            if self._last_obs is None:
-                self._reset_env()
-            progress = self.num_timesteps / self._total_timesteps
-            self.exploration_rate = self._exploration_schedule(progress)
-            mask = self._current_mask()
-            action = self._explore(self._last_obs, mask)
-
-            new_obs, reward, terminated, truncated, info = self.env.step(action)
-            self.num_timesteps += 1
-            bar.update()
-            self._store(action, float(reward), new_obs, terminated, truncated)
-            self._track_episode(float(reward), info)
-
-            if (
-                self.num_timesteps > self.learning_starts
-                and self.num_timesteps % self.train_freq == 0
-                and len(self.replay_buffer) > 0
-            ):
-                callback.on_rollout_end()
-                steps = self.train_freq if self.gradient_steps == -1 else self.gradient_steps
-                beta = self.per_beta0 + (1.0 - self.per_beta0) * progress
-                for _ in range(steps):
-                    self._train_step(beta)
-                callback.on_rollout_start()
-            if (
-                self.target_update == "hard"
-                and self.num_timesteps % self.target_update_interval == 0
-            ):
-                self.q_net_target.load_state_dict(self.q_net.state_dict())
-
-            done = terminated or truncated
-            callback.update_locals(
-                {
-                    "new_obs": new_obs,
-                    "actions": np.array([action]),
-                    "rewards": np.array([reward]),
-                    "dones": np.array([done]),
-                    "infos": [info],
-                }
-            )
-            if not callback.on_step():
-                break
-            if done:
-                self._end_episode(log_interval)
-        bar.close()
-        callback.on_rollout_end()
-        callback.on_training_end()
-        return self
-
-    def _setup_learn(
-        self, total_timesteps: int, reset_num_timesteps: bool, tb_log_name: str
-    ) -> None:
-        """SB3's bookkeeping: counters, schedules' horizon, logger."""
-        if total_timesteps < 0:
-            raise ValueError(f"total_timesteps must be non-negative, got {total_timesteps}")
-        self._start_time = time.time_ns()
-        if reset_num_timesteps:
-            self.num_timesteps = 0
-            self._episode_num = 0
-            self._last_checkpoint = 0
-            self._reset_episode_stats()
-            self._abandon_episode()
-        self._total_timesteps = total_timesteps + self.num_timesteps
-        self._num_timesteps_at_start = self.num_timesteps
-        self._logger = run_logger(
-            self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps
-        )
-
-    def _init_callback(self, callback: Callback) -> BaseCallback:
-        if isinstance(callback, list):
-            callback = CallbackList(callback)
-        elif callback is None or not isinstance(callback, BaseCallback):
-            callback = _FunctionCallback(callback or (lambda locals_, globals_: True))
-        callback.init_callback(self)
-        return callback
-
-    def _exploration_schedule(self, progress: float) -> float:
-        """ε falls linearly from the initial to the final value over ``exploration_fraction``."""
-        fraction = min(progress / self.exploration_fraction, 1.0)
-        return self.exploration_initial_eps + fraction * (
-            self.exploration_final_eps - self.exploration_initial_eps
-        )
-
-    # ------------------------------------------------------------------ one gradient step
-    def _train_step(self, beta: float) -> None:
-        """Double DQN on a prioritized batch: Huber loss weighted by IS weights, |TD| priorities."""
-        batch = self.replay_buffer.sample(self.batch_size, beta, self._rng)
-        obs, actions, returns, next_obs, discounts, next_masks, weights = self._to_tensors(batch)
-        with torch.no_grad():
-            # The online net picks the next action among the valid ones; the target net rates it.
-            next_q_online = self.q_net(next_obs).masked_fill(~next_masks, -torch.inf)
-            next_actions = next_q_online.argmax(dim=1, keepdim=True)
-            next_q = self.q_net_target(next_obs).gather(1, next_actions).squeeze(1)
-            targets = returns + discounts * next_q
-        q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
-        loss = (weights * F.smooth_l1_loss(q, targets, reduction="none")).mean()
-
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.q_net.parameters(), self.max_grad_norm)
-        self.optimizer.step()
-        self.replay_buffer.update_priorities(batch.indices, (q - targets).detach().cpu().numpy())
-        if self.target_update == "soft":
-            with torch.no_grad():
-                for target, online in zip(
-                    self.q_net_target.parameters(), self.q_net.parameters(), strict=True
-                ):
-                    target.lerp_(online, self.tau)
-
-        self._n_updates += 1
-        stats = self._train_stats
-        stats["loss"] += loss.item()
-        stats["q"] += q.detach().mean().item()
-        stats["updates"] += 1
-        self._per_beta = beta
-
-    def _to_tensors(self, batch: ReplaySample) -> tuple[torch.Tensor, ...]:
-        """The batch on the device, with observations rebuilt in compact mode."""
-        obs, next_obs = batch.obs, batch.next_obs
-        if self._spec.compact_size is not None:
-            obs = self.env.unwrapped.observation_from_compact(obs)
-            next_obs = self.env.unwrapped.observation_from_compact(next_obs)
-
-        def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-            return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)
-
-        next_masks = valid_or_all(tensor(batch.next_action_masks, torch.bool))
-        return (
-            tensor(obs, torch.float32),
-            tensor(batch.actions, torch.int64),
-            tensor(batch.returns, torch.float32),
-            tensor(next_obs, torch.float32),
-            tensor(batch.discounts, torch.float32),
-            next_masks,
-            tensor(batch.weights, torch.float32),
-        )
-
     # ------------------------------------------------------------------ acting
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """Q-values ``[B, K]`` of candidate rows ``[B, K, F]``."""
+        with torch.no_grad():
+            q = self.q_net(torch.as_tensor(rows, dtype=torch.float32, device=self.device))
+        return q.cpu().numpy()
+
+    @property
+    def tie_break_rng(self) -> None:
+        """Exact ties of Q-values go to the lowest slot."""
+        return None
+
     def predict(
         self,
         observation: np.ndarray,
@@ -558,37 +374,40 @@ class DDQN:
                 actions[i] = self._random_action(masks[i])
         return (actions[0] if single else actions), state
 
-    def scores(self, rows: np.ndarray) -> np.ndarray:
-        """Q-values ``[B, K]`` of candidate rows ``[B, K, F]``."""
-        with torch.no_grad():
-            q = self.q_net(torch.as_tensor(rows, dtype=torch.float32, device=self.device))
-        return q.cpu().numpy()
-
     def _random_action(self, mask: np.ndarray) -> np.int64:
         valid = np.flatnonzero(mask)
         return self._rng.choice(valid) if valid.size else self._rng.integers(mask.size)
 
-    def _explore(self, obs: np.ndarray, mask: np.ndarray) -> int:
+    def _act(self, obs: np.ndarray, progress: float) -> int:
         """Uniform random before ``learning_starts``, then ε-greedy; valid actions only."""
-        if self.num_timesteps < self.learning_starts or self._rng.random() < self.exploration_rate:
+        self.exploration_rate = self._exploration_schedule(progress)
+        mask = self._current_mask()
+        if (
+            self.num_timesteps < self.config.learning_starts
+            or self._rng.random() < self.exploration_rate
+        ):
             return int(self._random_action(mask))
-        num_features = self._spec.candidate_shape[1]
-        return int(masked_argmax(self.scores(obs.reshape(1, -1, num_features)), mask[None])[0])
+        rows = obs.reshape(1, -1, self.candidate_shape[1])
+        return int(masked_argmax(self.scores(rows), mask[None])[0])
+
+    def _exploration_schedule(self, progress: float) -> float:
+        """ε falls linearly from the initial to the final value over ``exploration_fraction``."""
+        c = self.config
+        fraction = min(progress / c.exploration_fraction, 1.0)
+        return c.exploration_initial_eps + fraction * (
+            c.exploration_final_eps - c.exploration_initial_eps
+        )
 
     def _current_mask(self) -> np.ndarray:
         if self._action_masks is None:
-            return np.ones(self._spec.candidate_shape[0], dtype=bool)
+            return np.ones(self.candidate_shape[0], dtype=bool)
         return np.asarray(self._action_masks(), dtype=bool)
 
-    # ------------------------------------------------------------------ storage and episodes
-    def _reset_env(self) -> None:
-        """Start an episode; the model's first reset is seeded."""
-        self._abandon_episode()
-        obs, _ = self.env.reset(seed=None if self._env_seeded else self.seed)
-        self._env_seeded = True
-        self._last_obs = np.asarray(obs, dtype=np.float32)
+    # ------------------------------------------------------------------ the replay step
+    def _on_reset(self, obs: np.ndarray) -> None:
         self._last_stored = self._replay_state(obs)
         if self._spec.compact_size is not None and self._compact_probe is None:
+            assert self.env is not None and self._last_obs is not None
             probe = (self._last_stored.copy(), self._last_obs.copy())
             self._check_compact(self.env, *probe)
             self._compact_probe = probe
@@ -596,11 +415,18 @@ class DDQN:
     def _replay_state(self, obs: np.ndarray) -> np.ndarray:
         """What the replay keeps of the env's current state: ids (compact) or the observation."""
         if self._spec.compact_size is not None:
+            assert self.env is not None
             return np.asarray(self.env.unwrapped.compact_state(), dtype=np.int64).copy()
         return np.array(obs, dtype=np.float32)
 
-    def _store(
-        self, action: int, reward: float, new_obs: np.ndarray, terminated: bool, truncated: bool
+    def _on_transition(
+        self,
+        action: int,
+        reward: float,
+        new_obs: np.ndarray,
+        terminated: bool,
+        truncated: bool,
+        progress: float,
     ) -> None:
         """Hand the previous step to the replay and hold this one back unless it ends the episode.
 
@@ -622,67 +448,129 @@ class DDQN:
             self._pending = None
         else:
             self._pending = step
-        self._last_obs = np.asarray(new_obs, dtype=np.float32)
         self._last_stored = stored
 
     def _abandon_episode(self) -> None:
         if self._pending is not None:
             self.replay_buffer.add(**self._pending, terminated=False, truncated=True)
-        self._forget_episode()
+        super()._abandon_episode()
 
-    def _track_episode(self, reward: float, info: dict[str, Any]) -> None:
-        episode = self._episode
-        episode["return"] += reward
-        episode["length"] += 1
-        pixels = info.get("target_pixels")
-        if pixels is not None:
-            episode["target_pixels"] += int(pixels)
-            episode["hits"] += int(pixels > 0)
+    def _forget_episode(self) -> None:
+        super()._forget_episode()
+        self._last_stored: np.ndarray | None = None
+        self._pending: dict[str, Any] | None = None
 
-    def _end_episode(self, log_interval: int) -> None:
-        """Record the finished episode, log every ``log_interval`` episodes, checkpoint."""
-        episode = self._episode
-        self._ep_returns.append(episode["return"])
-        self._ep_lengths.append(episode["length"])
-        self._ep_target_pixels.append(episode["target_pixels"])
-        self._ep_hits.append(episode["hits"])
-        self._episode_num += 1
-        self._forget_episode()
-        if log_interval and self._episode_num % log_interval == 0:
-            self._dump_logs()
+    # ------------------------------------------------------------------ the update
+    def _on_step_taken(self, callback: BaseCallback, progress: float) -> None:
+        """Train every ``train_freq`` steps after ``learning_starts``; hard target copies."""
+        c = self.config
         if (
-            self.checkpoint_freq
-            and self.num_timesteps - self._last_checkpoint >= self.checkpoint_freq
+            self.num_timesteps > c.learning_starts
+            and self.num_timesteps % c.train_freq == 0
+            and len(self.replay_buffer) > 0
         ):
-            self._last_checkpoint = self.num_timesteps
-            self.save(self.checkpoint_path, include_replay_buffer=True)
+            callback.on_rollout_end()
+            steps = c.train_freq if c.gradient_steps == -1 else c.gradient_steps
+            beta = c.per_beta0 + (1.0 - c.per_beta0) * progress
+            for _ in range(steps):
+                self._train_step(beta)
+            callback.on_rollout_start()
+        if c.target_update == "hard" and self.num_timesteps % c.target_update_interval == 0:
+            self.q_net_target.load_state_dict(self.q_net.state_dict())
 
-    def _dump_logs(self) -> None:
-        """Write SB3's keys plus the MiSiCAL ones, at x = ``num_timesteps``."""
-        elapsed = max((time.time_ns() - self._start_time) / 1e9, sys.float_info.epsilon)
+    def _train_step(self, beta: float) -> None:
+        """Double DQN on a prioritized batch: Huber loss weighted by IS weights, |TD| priorities."""
+        c = self.config
+        batch = self.replay_buffer.sample(c.batch_size, beta, self._rng)
+        obs, actions, returns, next_obs, discounts, next_masks, weights = self._to_tensors(batch)
+        with torch.no_grad():
+            # The online net picks the next action among the valid ones; the target net rates it.
+            next_q_online = self.q_net(next_obs).masked_fill(~next_masks, -torch.inf)
+            next_actions = next_q_online.argmax(dim=1, keepdim=True)
+            next_q = self.q_net_target(next_obs).gather(1, next_actions).squeeze(1)
+            targets = returns + discounts * next_q
+        q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        loss = (weights * F.smooth_l1_loss(q, targets, reduction="none")).mean()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.q_net.parameters(), c.max_grad_norm)
+        self.optimizer.step()
+        self.replay_buffer.update_priorities(batch.indices, (q - targets).detach().cpu().numpy())
+        if c.target_update == "soft":
+            with torch.no_grad():
+                for target, online in zip(
+                    self.q_net_target.parameters(), self.q_net.parameters(), strict=True
+                ):
+                    target.lerp_(online, c.tau)
+
+        self.state.n_updates += 1
+        stats = self._train_stats
+        stats["loss"] += loss.item()
+        stats["q"] += q.detach().mean().item()
+        stats["updates"] += 1
+        self._per_beta = beta
+
+    def _to_tensors(self, batch: ReplaySample) -> tuple[torch.Tensor, ...]:
+        """The batch on the device, with observations rebuilt in compact mode."""
+        obs, next_obs = batch.obs, batch.next_obs
+        if self._spec.compact_size is not None:
+            assert self.env is not None
+            obs = self.env.unwrapped.observation_from_compact(obs)
+            next_obs = self.env.unwrapped.observation_from_compact(next_obs)
+
+        def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)
+
+        next_masks = valid_or_all(tensor(batch.next_action_masks, torch.bool))
+        return (
+            tensor(obs, torch.float32),
+            tensor(batch.actions, torch.int64),
+            tensor(batch.returns, torch.float32),
+            tensor(next_obs, torch.float32),
+            tensor(batch.discounts, torch.float32),
+            next_masks,
+            tensor(batch.weights, torch.float32),
+        )
+
+    # ------------------------------------------------------------------ logs
+    def _setup_learn(
+        self, total_timesteps: int, reset_num_timesteps: bool, tb_log_name: str
+    ) -> None:
+        if reset_num_timesteps:
+            self._train_stats = {"loss": 0.0, "q": 0.0, "updates": 0}
+        super()._setup_learn(total_timesteps, reset_num_timesteps, tb_log_name)
+
+    def _end_episode(self, episode: dict[str, Any], log_interval: int) -> None:
+        """Record the finished episode, log, and checkpoint every ``checkpoint_freq`` steps."""
+        super()._end_episode(episode, log_interval)
+        c = self.config
+        if (
+            c.checkpoint_freq
+            and self.num_timesteps - self.state.last_checkpoint >= c.checkpoint_freq
+        ):
+            assert c.checkpoint_path is not None
+            self.state.last_checkpoint = self.num_timesteps
+            self.save(c.checkpoint_path, include_replay_buffer=True)
+
+    def _record_extra(self) -> None:
         record = self.logger.record
-        record("rollout/ep_rew_mean", float(np.mean(self._ep_returns)))
-        record("rollout/ep_len_mean", float(np.mean(self._ep_lengths)))
         record("rollout/exploration_rate", self.exploration_rate)
-        record("al/target_pixels", float(np.mean(self._ep_target_pixels)))
-        record("al/hit_rate", sum(self._ep_hits) / max(sum(self._ep_lengths), 1))
-        record("time/episodes", self._episode_num, exclude="tensorboard")
-        record("time/fps", int((self.num_timesteps - self._num_timesteps_at_start) / elapsed))
-        record("time/time_elapsed", int(elapsed), exclude="tensorboard")
-        record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         stats = self._train_stats
         if stats["updates"]:
-            record("train/learning_rate", self.learning_rate)
+            record("train/learning_rate", self.config.learning_rate)
             record("train/loss", stats["loss"] / stats["updates"])
             record("train/q_mean", stats["q"] / stats["updates"])
             record("train/per_beta", self._per_beta)
-            record("train/n_updates", self._n_updates)
+            record("train/n_updates", self.state.n_updates)
             self._train_stats = {"loss": 0.0, "q": 0.0, "updates": 0}
-        self.logger.dump(step=self.num_timesteps)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | os.PathLike[str], include_replay_buffer: bool = False) -> Path:
         """Write the model (networks, optimiser, counters, RNG states) to one file, atomically.
+
+        The file holds tensors and plain data only and is read with ``weights_only=True``, so
+        loading it runs no code.
 
         Args:
             path: Target file; ``.zip`` is appended when it has no suffix (as SB3 does).
@@ -695,41 +583,28 @@ class DDQN:
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".zip")
-        env_rng = None
-        if self.env is not None:
-            env_rng = self.env.unwrapped.np_random.bit_generator.state
+        env_rng = None if self.env is None else self.env.unwrapped.np_random.bit_generator.state
         state = {
             "version": _CHECKPOINT_VERSION,
-            "config": self._config,
+            "config": asdict(self.config),
             "spec": asdict(self._spec),
             "q_net": self.q_net.state_dict(),
             "q_net_target": self.q_net_target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "counters": {
-                "num_timesteps": self.num_timesteps,
-                "n_updates": self._n_updates,
-                "episode_num": self._episode_num,
-                "last_checkpoint": self._last_checkpoint,
-                "env_seeded": self._env_seeded,
-                "exploration_rate": self.exploration_rate,
-            },
+            "training_state": asdict(self.state),
+            "per_beta": self._per_beta,
             "rng": self._rng.bit_generator.state,
             "env_rng": env_rng,
-            "compact_probe": self._compact_probe,
-            "episode_stats": {
-                "returns": list(self._ep_returns),
-                "lengths": list(self._ep_lengths),
-                "target_pixels": list(self._ep_target_pixels),
-                "hits": list(self._ep_hits),
-            },
+            "compact_probe": _to_tensors(self._compact_probe),
+            "episode_window": {key: list(self._episode_window[key]) for key in EPISODE_KEYS},
             # The held-back step belongs to the replay: without the replay it is dropped.
-            "replay": self.replay_buffer.state_dict() if include_replay_buffer else None,
-            "pending": self._pending if include_replay_buffer else None,
+            "replay": _to_tensors(self.replay_buffer.state_dict())
+            if include_replay_buffer
+            else None,
+            "pending": _to_tensors(self._pending) if include_replay_buffer else None,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a run killed while saving keeps the previous checkpoint
+        with atomic_path(path) as tmp:  # a run killed while saving keeps the previous file
+            torch.save(state, tmp)
         return path
 
     @classmethod
@@ -739,7 +614,7 @@ class DDQN:
         env: gym.Env | str | None = None,
         device: str | torch.device = "auto",
     ) -> DDQN:
-        """Load a model written by :meth:`save` (a pickle: load only files you trust).
+        """Load a model written by :meth:`save` (tensors and plain data; no code runs).
 
         Args:
             path: The file (``.zip`` is tried when ``path`` has no suffix and does not exist).
@@ -749,15 +624,17 @@ class DDQN:
 
         Returns:
             The model, ready to ``predict`` or to ``learn(..., reset_num_timesteps=False)``.
+
+        Raises:
+            ValueError: The file is not a DDQN checkpoint of this version.
         """
         path = Path(path)
         if not path.exists() and not path.suffix:
             path = path.with_suffix(".zip")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("version") != _CHECKPOINT_VERSION:
-            raise ValueError(f"{path} is not a DDQN checkpoint of version {_CHECKPOINT_VERSION}")
+        state = _read_checkpoint(path)
         model = cls.__new__(cls)
-        model._configure(state["config"], device)
+        config = DDQNConfig(**state["config"])
+        model._build(dataclasses.replace(config, device=str(device)))
         spec = state["spec"]
         model._setup_model(
             _EnvSpec(tuple(spec["obs_shape"]), tuple(spec["candidate_shape"]), spec["compact_size"])
@@ -765,37 +642,75 @@ class DDQN:
         model.q_net.load_state_dict(state["q_net"])
         model.q_net_target.load_state_dict(state["q_net_target"])
         model.optimizer.load_state_dict(state["optimizer"])
-        counters = state["counters"]
-        model.num_timesteps = counters["num_timesteps"]
-        model._n_updates = counters["n_updates"]
-        model._episode_num = counters["episode_num"]
-        model._last_checkpoint = counters["last_checkpoint"]
-        model._env_seeded = counters["env_seeded"]
-        model.exploration_rate = counters["exploration_rate"]
+        model.state = TrainingState(**state["training_state"])
+        model._per_beta = state["per_beta"]
         model._rng.bit_generator.state = state["rng"]
-        model._compact_probe = state["compact_probe"]
-        stats = state["episode_stats"]
-        model._ep_returns.extend(stats["returns"])
-        model._ep_lengths.extend(stats["lengths"])
-        model._ep_target_pixels.extend(stats["target_pixels"])
-        model._ep_hits.extend(stats["hits"])
+        model._compact_probe = _to_arrays(state["compact_probe"])
+        for key in EPISODE_KEYS:
+            model._episode_window[key].extend(state["episode_window"][key])
         if state["replay"] is not None:
-            model.replay_buffer.load_state_dict(state["replay"])
-            model._pending = state["pending"]
+            model.replay_buffer.load_state_dict(_to_arrays(state["replay"]))
+            model._pending = _to_arrays(state["pending"])
         if env is not None:
             model.set_env(env)
             if state["env_rng"] is not None:
-                bit_generator = getattr(np.random, state["env_rng"]["bit_generator"])()
+                bit_generator = np.random.PCG64()
                 bit_generator.state = state["env_rng"]
                 model.env.unwrapped.np_random = np.random.Generator(bit_generator)
         return model
 
     def save_replay_buffer(self, path: str | os.PathLike[str]) -> None:
-        """Write the replay buffer alone (SB3's ``CheckpointCallback(save_replay_buffer=True)``)."""
-        torch.save({"replay": self.replay_buffer.state_dict(), "pending": self._pending}, path)
+        """Write the replay buffer alone, atomically (SB3's
+        ``CheckpointCallback(save_replay_buffer=True)``)."""
+        state = {
+            "replay": _to_tensors(self.replay_buffer.state_dict()),
+            "pending": _to_tensors(self._pending),
+        }
+        with atomic_path(Path(path)) as tmp:
+            torch.save(state, tmp)
 
     def load_replay_buffer(self, path: str | os.PathLike[str]) -> None:
-        """Restore a replay buffer written by :meth:`save_replay_buffer`."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.replay_buffer.load_state_dict(state["replay"])
-        self._pending = state["pending"]
+        """Restore a replay buffer written by :meth:`save_replay_buffer` (no code runs)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.replay_buffer.load_state_dict(_to_arrays(state["replay"]))
+        self._pending = _to_arrays(state["pending"])
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, read as data: any pickled object in it is refused."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError... for foreign files
+        raise ValueError(
+            f"{path} is not a DDQN checkpoint of version {_CHECKPOINT_VERSION} (read as data "
+            f"only; files from before version 2 were pickles and must be trained again): {exc}"
+        ) from None
+    if not isinstance(state, dict) or state.get("version") != _CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is not a DDQN checkpoint of version {_CHECKPOINT_VERSION}")
+    return state
+
+
+def _to_tensors(value: Any) -> Any:
+    """``value`` with every NumPy array made a tensor, so ``weights_only`` can read it back."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _to_tensors(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_tensors(item) for item in value)
+    return value
+
+
+def _to_arrays(value: Any) -> Any:
+    """The inverse of :func:`_to_tensors`."""
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {key: _to_arrays(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_arrays(item) for item in value)
+    return value

@@ -15,11 +15,14 @@ The functions work on NumPy arrays and on torch tensors alike and import no torc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
+
+from misical_gym.envs.wrappers import with_statistics
 
 ArrayT = TypeVar("ArrayT")
 
@@ -38,6 +41,11 @@ class CandidatePolicy(Protocol):
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Scores ``[B, K]`` of candidate rows ``[B, K, F]``; higher is picked first."""
+        ...
+
+    @property
+    def tie_break_rng(self) -> np.random.Generator | None:
+        """Breaks exact ties between scores at random, or None: ties go to the lowest slot."""
         ...
 
 
@@ -137,3 +145,35 @@ def candidate_masks(rows: np.ndarray, action_masks: np.ndarray | None) -> np.nda
     if action_masks is None:
         return np.asarray(valid_rows(rows))
     return np.asarray(action_masks, dtype=bool).reshape(rows.shape[:2])
+
+
+@dataclass(frozen=True)
+class PlayedEpisode:
+    """One greedy episode: its ``info["episode"]`` statistics and its picks in order."""
+
+    statistics: dict[str, Any]
+    patch_ids: list[int]
+    scores: list[float]
+
+
+def play_episode(
+    policy: CandidatePolicy, env: gym.Env, seed: int | None, *, break_ties: bool = True
+) -> PlayedEpisode:
+    """Play one greedy episode of ``policy`` in ``env`` (a MiSiCAL env), reset with ``seed``.
+
+    Evaluation and selection both play through here. ``break_ties=False`` sends exact ties to
+    the lowest slot instead of the policy's own ``tie_break_rng``.
+    """
+    env = with_statistics(env)
+    rng = policy.tie_break_rng if break_ties else None
+    obs, info = env.reset(seed=seed)
+    patch_ids: list[int] = []
+    scores: list[float] = []
+    while True:
+        action, candidate_scores = greedy_actions(policy, obs, info["action_mask"], rng)
+        obs, _, terminated, truncated, info = env.step(int(action))
+        if info["patch_id"] >= 0:
+            patch_ids.append(int(info["patch_id"]))
+            scores.append(float(candidate_scores[0, action]))
+        if terminated or truncated:
+            return PlayedEpisode(info["episode"], patch_ids, scores)

@@ -7,6 +7,7 @@ algorithms, the heuristics and the supervised ablation.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from importlib import resources
@@ -18,6 +19,7 @@ import numpy as np
 import yaml
 
 from misical_gym.agents.policy import as_rows, candidate_masks, greedy_actions
+from misical_gym.envs.wrappers import with_statistics
 
 if TYPE_CHECKING:
     import torch
@@ -118,6 +120,9 @@ def load_hyperparams(name: str, env_id: str, override_file: str | Path | None) -
 def valid_hyperparams(name: str) -> tuple[str, ...]:
     """The keyword arguments an agent's constructor accepts (besides the env)."""
     cls = agent_class(name)
+    config_class = getattr(cls, "config_class", None)
+    if config_class is not None:  # the DDQN: its constructor keywords are the config's fields
+        return tuple(f.name for f in dataclasses.fields(config_class))
     skip = {"self", "env", "name", "args", "kwargs"}
     keys = [k for k in inspect.signature(cls.__init__).parameters if k not in skip]
     return tuple(keys)
@@ -152,7 +157,7 @@ def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Any:
         return cls(name, env, **params)
     if "policy" in valid_hyperparams(name):
         policy = params.pop("policy", "MlpPolicy")
-        return MaskedSB3(cls(policy, env, **params))
+        return MaskedSB3(cls(policy, sb3_env(env), **params))
     return cls(env, **params)
 
 
@@ -162,8 +167,21 @@ def load_agent(name: str, path: str | Path, env: gym.Env | None, device: str = "
         # SB3 saves the n-step buffer class it built from ``n_steps`` next to ``n_steps``
         # itself, then warns at load that ``n_steps`` is ignored; the loaded buffer is n-step.
         warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored", category=UserWarning)
-        model = agent_class(name).load(path, env=env, device=device)
-    return MaskedSB3(model) if name in SB3_AGENTS else model
+        if name in SB3_AGENTS:
+            return MaskedSB3(agent_class(name).load(path, env=sb3_env(env), device=device))
+        return agent_class(name).load(path, env=env, device=device)
+
+
+def sb3_env(env: gym.Env | None) -> gym.Env | None:
+    """``env`` as SB3 agents get it: in SB3's ``Monitor`` (which SB3 would add itself), inside
+    :class:`~misical_gym.envs.wrappers.RecordSelectionStatistics`, so that the selection
+    statistics survive in ``info["episode"]`` (the Monitor replaces that key)."""
+    if env is None:
+        return None
+    from stable_baselines3.common.env_util import is_wrapped
+    from stable_baselines3.common.monitor import Monitor
+
+    return with_statistics(env if is_wrapped(env, Monitor) else Monitor(env))
 
 
 class MaskedSB3:
@@ -184,11 +202,19 @@ class MaskedSB3:
         self.model.learn(*args, **kwargs)
         return self
 
+    def set_env(self, env: gym.Env) -> None:
+        self.model.set_env(sb3_env(env))
+
     @property
     def candidate_shape(self) -> tuple[int, int]:
         """``(K, F)``: one action per candidate, the flat observation split into K rows."""
         k = int(self.model.action_space.n)
         return k, int(np.prod(self.model.observation_space.shape)) // k
+
+    @property
+    def tie_break_rng(self) -> None:
+        """Exact ties go to the lowest slot, as SB3's own arg-max does."""
+        return None
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Per-action preferences ``[B, K]``: Q-values (DQN, QR-DQN mean) or policy logits."""

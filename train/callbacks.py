@@ -11,27 +11,23 @@ from tqdm.auto import tqdm
 
 class ActiveLearningMetrics(BaseCallback):
     """Records ``al/target_pixels`` (target pixels per episode) and ``al/hit_rate`` (share of
-    picks holding the target) over the last 100 episodes; SB3 writes them with its own keys."""
+    picks holding the target) over the last 100 episodes, read from ``info["episode"]``
+    (:class:`~misical_gym.envs.wrappers.RecordSelectionStatistics`); SB3 writes them with its
+    own keys."""
 
     def __init__(self, window: int = 100) -> None:
         super().__init__()
         self.pixels: deque[int] = deque(maxlen=window)
         self.hits: deque[int] = deque(maxlen=window)
         self.lengths: deque[int] = deque(maxlen=window)
-        self._running: np.ndarray | None = None
 
     def _on_step(self) -> bool:
-        infos, dones = self.locals["infos"], self.locals["dones"]
-        if self._running is None:
-            self._running = np.zeros((len(infos), 3), dtype=np.int64)
-        for i, (info, done) in enumerate(zip(infos, dones, strict=True)):
-            pixels = int(info.get("target_pixels", 0))
-            self._running[i] += (pixels, pixels > 0, 1)
+        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
             if done:
-                self.pixels.append(int(self._running[i, 0]))
-                self.hits.append(int(self._running[i, 1]))
-                self.lengths.append(int(self._running[i, 2]))
-                self._running[i] = 0
+                episode = info["episode"]
+                self.pixels.append(int(episode["target_pixels"]))
+                self.hits.append(int(episode["hits"]))
+                self.lengths.append(int(episode["l"]))
                 self.logger.record("al/target_pixels", float(np.mean(self.pixels)))
                 self.logger.record("al/hit_rate", sum(self.hits) / max(sum(self.lengths), 1))
         return True

@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 import misical_gym
+from misical_gym.agents.policy import CandidatePolicy, play_episode
 from misical_gym.atomic import atomic_write_text
 from misical_gym.train.agents import (
     AGENTS,
@@ -75,28 +76,15 @@ def target_label(env: gym.Env) -> str:
     return unwrapped.store.class_names[unwrapped.fixed_target].replace(" ", "_")
 
 
-def evaluate_agent(model: Any, env: gym.Env, episodes: int, seed: int) -> dict[str, float]:
+def evaluate_agent(
+    model: CandidatePolicy, env: gym.Env, episodes: int, seed: int
+) -> dict[str, float]:
     """Greedy episodes: mean reward, target pixels per episode and hit rate (picks with target)."""
-    rewards, pixels, hits, steps = [], [], 0, 0
-    for episode in range(episodes):
-        obs, info = env.reset(seed=seed + episode)
-        total_reward, total_pixels, done = 0.0, 0, False
-        while not done:
-            action, _ = model.predict(
-                obs, deterministic=True, action_masks=env.unwrapped.action_masks()
-            )
-            obs, reward, terminated, truncated, info = env.step(int(action))
-            total_reward += float(reward)
-            total_pixels += int(info["target_pixels"])
-            hits += int(info["target_pixels"] > 0)
-            steps += 1
-            done = terminated or truncated
-        rewards.append(total_reward)
-        pixels.append(total_pixels)
+    played = [play_episode(model, env, seed + episode).statistics for episode in range(episodes)]
     return {
-        "mean_reward": float(np.mean(rewards)),
-        "target_pixels": float(np.mean(pixels)),
-        "hit_rate": hits / max(steps, 1),
+        "mean_reward": float(np.mean([p["r"] for p in played])),
+        "target_pixels": float(np.mean([p["target_pixels"] for p in played])),
+        "hit_rate": sum(p["hits"] for p in played) / max(sum(p["l"] for p in played), 1),
     }
 
 

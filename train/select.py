@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
-from misical_gym.agents.policy import greedy_actions
+from misical_gym.agents.policy import play_episode
 from misical_gym.atomic import atomic_write_text
 from misical_gym.train.agents import HEURISTIC_AGENTS, load_agent, make_agent
 
@@ -91,15 +91,12 @@ def select_patches(
         # A goal-conditioned policy (trained on target_class="random") reads the target as a
         # one-hot in every candidate's row.
         env = make_env(target_onehot=True)
-    obs, info = env.reset(seed=seed)
-    picks: list[dict[str, Any]] = []
-    terminated = False
-    while not terminated:
-        # Exact ties go to the lowest slot, as selections always have (reproducible picks).
-        action, scores = greedy_actions(model, obs, info["action_mask"])
-        obs, _, terminated, _, info = env.step(int(action))
-        if info["patch_id"] >= 0:
-            picks.append({"patch_id": int(info["patch_id"]), "score": float(scores[0, action])})
+    # Selections have always sent exact ties to the lowest slot; kept so published runs repeat.
+    played = play_episode(model, env, seed, break_ties=False)
+    picks: list[dict[str, Any]] = [
+        {"patch_id": patch, "score": score}
+        for patch, score in zip(played.patch_ids, played.scores, strict=True)
+    ]
     s = env.unwrapped.store
     ids = np.array([p["patch_id"] for p in picks], dtype=np.int64)
     boxes = s.boxes(ids) if ids.size else np.zeros((0, 4), dtype=np.int64)
@@ -161,7 +158,9 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         required=True,
-        help=f"a saved model (run directory or file) or a heuristic: {', '.join(HEURISTIC_AGENTS)}",
+        help="a saved model (run directory or file) or a heuristic: "
+        f"{', '.join(HEURISTIC_AGENTS)}. DDQN files are read as data only; SB3 model files "
+        "go through SB3's loader, which unpickles: load only models you trust",
     )
     parser.add_argument("--target", required=True, help="target class name or index")
     parser.add_argument("--budget", type=int, required=True, help="patches to pick")

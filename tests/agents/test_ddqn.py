@@ -4,6 +4,7 @@ SB3 compatibility (callbacks, TensorBoard) and a seeded learning check."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -161,7 +162,7 @@ def test_train_step_matches_a_per_sample_reference(
 ) -> None:
     env = make_env(tiny_store)
     model = DDQN(env, seed=0, learning_starts=10**6, batch_size=16, gamma=0.9, tau=0.1)
-    model.max_grad_norm = 0.05  # small enough that clipping is active
+    model.config = dataclasses.replace(model.config, max_grad_norm=0.05)  # clipping is active
     model.learn(200)  # fills the replay; no training yet
     # Random next-action masks (one row with no valid action) so that the masked argmax matters.
     rng = np.random.default_rng(1)
@@ -179,7 +180,7 @@ def test_train_step_matches_a_per_sample_reference(
         model.replay_buffer, "update_priorities", lambda i, td: priorities.append((i, td))
     )
     online, target = copy.deepcopy(model.q_net), copy.deepcopy(model.q_net_target)
-    optimizer = torch.optim.Adam(online.parameters(), lr=model.learning_rate)
+    optimizer = torch.optim.Adam(online.parameters(), lr=model.config.learning_rate)
     model._train_step(beta=0.7)
 
     batch = batches[0]
@@ -212,7 +213,7 @@ def test_train_step_matches_a_per_sample_reference(
     indices, td = priorities[0]
     np.testing.assert_array_equal(indices, batch.indices)
     np.testing.assert_allclose(td, td_errors, rtol=1e-4, atol=1e-5)
-    assert model._n_updates == 1
+    assert model.state.n_updates == 1
 
 
 def test_hard_target_update_copies_every_interval(tiny_store: FeatureStore) -> None:
@@ -311,7 +312,7 @@ def test_same_seed_same_q_values_and_compact_equals_raw(tiny_store: FeatureStore
     )
     obs = torch.as_tensor(np.random.default_rng(0).random((4, 8 * 14), dtype=np.float32))
     q = first.q_net(obs)
-    assert first._n_updates == 300
+    assert first.state.n_updates == 300
     assert torch.equal(same.q_net(obs), q)  # same seed: same Q-values
     assert_same_params(same, first)
     assert_same_params(raw, first)  # raw replay trains exactly like compact
@@ -327,8 +328,8 @@ def test_save_load_roundtrip(tiny_store: FeatureStore, tmp_path: Path) -> None:
     assert path == tmp_path / "model.zip"
     loaded = DDQN.load(tmp_path / "model")  # no env: enough to act
     assert_same_params(loaded, model)
-    assert loaded.num_timesteps == 300 and loaded._n_updates == model._n_updates
-    assert loaded.policy_kwargs == {"dueling": True, "phi_arch": [32]}
+    assert loaded.num_timesteps == 300 and loaded.state.n_updates == model.state.n_updates
+    assert loaded.config.policy_kwargs == {"dueling": True, "phi_arch": [32]}
     obs = np.stack([env.reset(seed=s)[0] for s in range(10)])
     np.testing.assert_array_equal(loaded.predict(obs)[0], model.predict(obs)[0])
     assert len(loaded.replay_buffer) == 0  # not asked for
@@ -388,7 +389,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(
 
     uninterrupted = DDQN(make_env(tiny_store), **kwargs).learn(800)
     assert resumed.num_timesteps == uninterrupted.num_timesteps == 800
-    assert resumed._n_updates == uninterrupted._n_updates
+    assert resumed.state.n_updates == uninterrupted.state.n_updates
     assert_same_params(resumed, uninterrupted)
 
 
