@@ -45,7 +45,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         device="cpu",
         eval_episodes=job["episodes"],
         progress=False,
-    )
+    ).run_dir
     summary = json.loads((run_dir / "summary.json").read_text())
     (events,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
     accumulator = EventAccumulator(str(events))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -15,3 +16,11 @@ def misical_home() -> Path:
 def default_store_path(name: str) -> Path:
     """The default location of the store called ``name`` (e.g. ``"synthetic"``, ``"coco10k"``)."""
     return misical_home() / name
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one safe path component: runs of characters other than letters, digits,
+    ``.``, ``_`` and ``-`` become ``_``, and leading dots go, so a class name read from a
+    dataset can never leave the folder it names a file in (``../x`` becomes ``_x``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")
+    return cleaned or "_"

@@ -17,6 +17,7 @@ This module imports NumPy only: the environments read stores without torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -292,6 +293,12 @@ class FeatureStore:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the manifest, which holds every array's checksum: two stores with the
+        same fingerprint hold the same data."""
+        return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()[:16]
 
     @cached_property
     def layout(self) -> FeatureLayout:

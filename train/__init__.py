@@ -6,6 +6,13 @@ Importing this package is light; ``make_agent`` and ``run_training`` import torc
 from __future__ import annotations
 
 from misical_gym.train.agents import AGENTS, load_agent, make_agent
-from misical_gym.train.run import evaluate_agent, run_training
+from misical_gym.train.run import TrainingRun, greedy_pool_statistics, run_training
 
-__all__ = ["AGENTS", "evaluate_agent", "load_agent", "make_agent", "run_training"]
+__all__ = [
+    "AGENTS",
+    "TrainingRun",
+    "greedy_pool_statistics",
+    "load_agent",
+    "make_agent",
+    "run_training",
+]

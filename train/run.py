@@ -17,6 +17,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ import numpy as np
 import yaml
 
 import misical_gym
-from misical_gym.agents.policy import CandidatePolicy, play_episode
+from misical_gym.agents.policy import Agent, CandidatePolicy, play_episode
 from misical_gym.atomic import atomic_write_text
+from misical_gym.paths import safe_name
 from misical_gym.train.agents import (
     AGENTS,
     SB3_AGENTS,
@@ -38,7 +40,16 @@ from misical_gym.train.agents import (
 )
 
 
-def make_env(
+@dataclass(frozen=True)
+class TrainingRun:
+    """What :func:`run_training` made: its run directory, the trained model and its summary."""
+
+    run_dir: Path
+    model: Agent
+    summary: dict[str, Any]
+
+
+def make_misical_env(
     env_id: str, split: str, target: str | int | None, env_kwargs: dict[str, Any]
 ) -> gym.Env:
     """``gym.make`` of a MiSiCAL env, with clear errors for an unknown id or argument.
@@ -69,14 +80,15 @@ def _is_misical(entry_point: Any) -> bool:
 
 
 def target_label(env: gym.Env) -> str:
-    """The run's target as a directory name: the class name, or ``random``."""
+    """The run's target as a directory name: the class name made safe (a class name from a
+    dataset must not leave ``--logdir``), or ``random``."""
     unwrapped = env.unwrapped
     if unwrapped.fixed_target is None:
         return "random"
-    return unwrapped.store.class_names[unwrapped.fixed_target].replace(" ", "_")
+    return safe_name(unwrapped.store.class_names[unwrapped.fixed_target])
 
 
-def evaluate_agent(
+def greedy_pool_statistics(
     model: CandidatePolicy, env: gym.Env, episodes: int, seed: int
 ) -> dict[str, float]:
     """Greedy episodes: mean reward, target pixels per episode and hit rate (picks with target)."""
@@ -106,8 +118,8 @@ def run_training(
     overwrite: bool = False,
     progress: bool = True,
     threads: int | None = None,
-) -> Path:
-    """Train (or roll out) ``agent`` and write its run directory; returns the directory.
+) -> TrainingRun:
+    """Train (or roll out) ``agent`` and write its run directory; returns it and the model.
 
     Without ``pretrain_steps``/``online_steps``, ``steps`` are spent on the env's split
     (``init`` unless ``env_kwargs`` says otherwise). With them, the agent first learns on
@@ -138,7 +150,7 @@ def run_training(
 
     params = load_hyperparams(agent, env_id, hyperparams_file)
     params.update(hyperparams or {})
-    env = make_env(env_id, phases[0][0], target, env_kwargs)
+    env = make_misical_env(env_id, phases[0][0], target, env_kwargs)
     run_dir = Path(logdir) / env_id / target_label(env) / f"{agent}_{seed}"
     if run_dir.exists() and not overwrite:
         raise FileExistsError(f"run {run_dir} exists; pass --overwrite to replace it")
@@ -187,7 +199,7 @@ def run_training(
     with cpu_threads(threads):
         for index, (split, n) in enumerate(phases):
             if index > 0:
-                phase_env = make_env(env_id, split, target, env_kwargs)
+                phase_env = make_misical_env(env_id, split, target, env_kwargs)
                 # Agents seed only the env they were built with; unseeded, this one would
                 # draw its episodes from OS entropy and the run would not repeat.
                 phase_env.reset(seed=seed + index)
@@ -197,10 +209,10 @@ def run_training(
             )
         saved = model.save(run_dir / "model")
         model_path = Path(saved) if saved is not None else run_dir / "model.zip"
-        eval_env = make_env(env_id, "pool", target, env_kwargs)
+        eval_env = make_misical_env(env_id, "pool", target, env_kwargs)
         if agent == "oracle":
             model.set_env(eval_env)  # the oracle reads the candidates of the env it acts in
-        evaluation = evaluate_agent(model, eval_env, eval_episodes, seed=10_000 + seed)
+        evaluation = greedy_pool_statistics(model, eval_env, eval_episodes, seed=10_000 + seed)
     summary = {
         "agent": agent,
         "env_id": env_id,
@@ -216,7 +228,7 @@ def run_training(
         "seconds": round(time.time() - start, 2),
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
-    return run_dir
+    return TrainingRun(run_dir, model, summary)
 
 
 def train_command(config: dict[str, Any], hyperparams_file: Path) -> str:
@@ -316,7 +328,7 @@ def main(args: argparse.Namespace) -> int:
         eval_episodes=args.eval_episodes,
         overwrite=args.overwrite,
         threads=args.threads,
-    )
+    ).run_dir
     print((run_dir / "summary.json").read_text())
     print(f"run written to {run_dir}; tensorboard --logdir {args.logdir}", file=sys.stderr)
     return 0

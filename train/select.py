@@ -20,17 +20,22 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
-from misical_gym.agents.policy import play_episode
+from misical_gym.agents.policy import CandidatePolicy, play_episode
 from misical_gym.atomic import atomic_write_text
-from misical_gym.train.agents import HEURISTIC_AGENTS, load_agent, make_agent
+from misical_gym.paths import safe_name
+from misical_gym.train.agents import HEURISTIC_AGENTS, check_agent, load_agent, make_agent
 
 FORMATS = ("json", "csv", "coco")
 
 
-def load_policy(policy: str, env: gym.Env, device: str = "auto", seed: int = 0) -> Any:
+def load_policy(policy: str, env: gym.Env, device: str = "auto", seed: int = 0) -> CandidatePolicy:
     """A heuristic by name, or a saved model: a run directory, or a model file inside one.
 
     A model file outside a run directory is tried as a DDQN, then as each SB3 algorithm.
+
+    Raises:
+        FileNotFoundError: ``policy`` is neither a heuristic nor an existing path.
+        ValueError: the run directory is damaged, or the file is no model of this package.
     """
     if policy in HEURISTIC_AGENTS:
         return make_agent(policy, env, seed=seed)
@@ -43,12 +48,20 @@ def load_policy(policy: str, env: gym.Env, device: str = "auto", seed: int = 0) 
     run_dir = path if path.is_dir() else path.parent
     config = run_dir / "config.yaml"
     if config.is_file():
-        agent = yaml.safe_load(config.read_text())["agent"]
-        summary = json.loads((run_dir / "summary.json").read_text())
-        model_path = run_dir / summary["model"] if path.is_dir() else path
+        try:
+            agent = yaml.safe_load(config.read_text())["agent"]
+            model_name = json.loads((run_dir / "summary.json").read_text())["model"]
+            check_agent(agent)
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+            raise ValueError(
+                f"{run_dir} is not a complete run of misical train (config.yaml names the "
+                f"agent, summary.json the model file): {type(exc).__name__}: {exc}"
+            ) from None
+        model_path = run_dir / safe_name(str(model_name)) if path.is_dir() else path
         # Selection only scores observations: a network needs no env (whose budget may differ
-        # from training's); the supervised policy reads its shapes from one.
-        return load_agent(agent, model_path, env if agent == "supervised" else None, device)
+        # from training's); the supervised policy and the heuristics read shapes from one.
+        needs_env = agent == "supervised" or agent in HEURISTIC_AGENTS
+        return load_agent(agent, model_path, env if needs_env else None, device)
     errors = []
     for agent in ("ddqn", "dqn", "qrdqn", "ppo", "a2c", "maskable-ppo"):
         try:
@@ -58,9 +71,30 @@ def load_policy(policy: str, env: gym.Env, device: str = "auto", seed: int = 0) 
     raise ValueError(f"{path} is not a model this package can load ({'; '.join(errors)})")
 
 
+def pool_env(
+    store: str | os.PathLike[str],
+    target: str | int,
+    budget: int,
+    pool_size: int,
+    target_onehot: bool = False,
+) -> gym.Env:
+    """The env selection plays in: the store's pool split, one target."""
+    import misical_gym  # noqa: F401  (registers the ids)
+
+    return gym.make(
+        "MiSiCAL-Store",
+        root=str(store),
+        split="pool",
+        budget=budget,
+        pool_size=pool_size,
+        target_class=target,
+        target_onehot=target_onehot,
+    )
+
+
 def select_patches(
     store: str | os.PathLike[str],
-    policy: str,
+    policy: str | CandidatePolicy,
     target: str | int,
     budget: int,
     *,
@@ -68,29 +102,20 @@ def select_patches(
     seed: int = 0,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Pick ``budget`` pool patches; returns the picks with their image ids, boxes and scores."""
-    import misical_gym  # noqa: F401  (registers the ids)
+    """Pick ``budget`` pool patches; returns the picks with their image ids, boxes and scores.
 
-    def make_env(target_onehot: bool) -> gym.Env:
-        return gym.make(
-            "MiSiCAL-Store",
-            root=str(store),
-            split="pool",
-            budget=budget,
-            pool_size=pool_size,
-            target_class=target,
-            target_onehot=target_onehot,
-        )
-
-    env = make_env(target_onehot=False)
-    model = load_policy(policy, env, device, seed)
+    ``policy`` is a policy object, or what :func:`load_policy` reads (a heuristic's name, a
+    run directory or a model file).
+    """
+    env = pool_env(store, target, budget, pool_size)
+    model = load_policy(policy, env, device, seed) if isinstance(policy, str) else policy
     if (
         model.candidate_shape[1]
         == env.unwrapped.candidate_shape[1] + env.unwrapped.store.num_classes
     ):
         # A goal-conditioned policy (trained on target_class="random") reads the target as a
         # one-hot in every candidate's row.
-        env = make_env(target_onehot=True)
+        env = pool_env(store, target, budget, pool_size, target_onehot=True)
     # Selections have always sent exact ties to the lowest slot; kept so published runs repeat.
     played = play_episode(model, env, seed, break_ties=False)
     picks: list[dict[str, Any]] = [
@@ -105,7 +130,7 @@ def select_patches(
         pick["box"] = [int(v) for v in box]  # y0, x0, y1, x1; end-exclusive
     return {
         "store": str(s.path),
-        "policy": policy,
+        "policy": policy if isinstance(policy, str) else type(policy).__name__,
         "target": s.class_names[env.unwrapped.target],
         "target_id": int(env.unwrapped.target),
         "budget": budget,

@@ -43,8 +43,13 @@ def test_the_empty_slot_rule_is_the_same_for_numpy_and_torch(to_array) -> None:
 
 @pytest.mark.parametrize(
     ("shape", "rows_shape", "single"),
-    [((6,), (1, 3, 2), True), ((4, 6), (4, 3, 2), False), ((3, 2), (1, 3, 2), True),
-     ((5, 3, 2), (5, 3, 2), False), ((10,), (1, 5, 2), True)],
+    [
+        ((6,), (1, 3, 2), True),
+        ((4, 6), (4, 3, 2), False),
+        ((3, 2), (1, 3, 2), True),
+        ((5, 3, 2), (5, 3, 2), False),
+        ((10,), (1, 5, 2), True),
+    ],
 )
 def test_as_rows_reads_flat_and_row_observations(shape, rows_shape, single) -> None:
     rows, was_single = as_rows(np.ones(shape), (3, 2))

@@ -8,7 +8,7 @@ import torch
 
 from misical_gym.agents.heuristics import HeuristicPolicy
 from misical_gym.agents.supervised import SupervisedPolicy
-from misical_gym.train.run import evaluate_agent
+from misical_gym.train.run import greedy_pool_statistics
 
 torch.set_num_threads(1)
 K = 8
@@ -49,6 +49,8 @@ def test_init_labels_every_shown_candidate_pool_only_the_acquired(trained, tiny_
 def test_it_learns_presence_and_beats_random(trained, tiny_store) -> None:
     assert trained.fitted
     pool = make_env(tiny_store, "pool")
-    learned = evaluate_agent(trained, pool, episodes=10, seed=100)
-    random = evaluate_agent(HeuristicPolicy("random", pool, seed=0), pool, episodes=10, seed=100)
+    learned = greedy_pool_statistics(trained, pool, episodes=10, seed=100)
+    random = greedy_pool_statistics(
+        HeuristicPolicy("random", pool, seed=0), pool, episodes=10, seed=100
+    )
     assert learned["hit_rate"] > random["hit_rate"] + 0.2, (learned, random)

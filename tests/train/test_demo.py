@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from misical_gym.train.evaluate import evaluate, policy_agent
+from misical_gym.train.evaluate import evaluate
+from misical_gym.train.jobs import policy_agent
 from misical_gym.train.select import select_patches
 
 
@@ -79,7 +80,7 @@ def test_demo_runs_the_whole_story(misical_home, tmp_path, monkeypatch) -> None:
 
     # Run again, it resumes: every job is found done and nothing is trained or selected again.
     def run_job_again(job):
-        raise AssertionError(f"job {job['target']}/{job['policy']} was run again")
+        raise AssertionError(f"job {job.target}/{job.policy} was run again")
 
     monkeypatch.setattr(evaluate_module, "run_job", run_job_again)
     assert demo.run_demo(out, tiny, workers=1, progress=False) == summary
@@ -95,12 +96,13 @@ def test_demo_cli_rejects_bad_arguments(misical_home, tmp_path, capsys) -> None:
 
 
 def test_jobs_that_train_run_first() -> None:
-    from misical_gym.train.evaluate import longest_first
+    from misical_gym.train.jobs import Job, longest_first
 
-    jobs = [
-        {"target": t, "policy": p, "seed": 0} for t in ("a", "b") for p in ("random", "ddqn-goal")
-    ] + [{"target": "a", "policy": "ddqn", "seed": 0}]
-    order = [(j["target"], j["policy"]) for j in longest_first(jobs)]
+    def job(target: str, policy: str) -> Job:
+        return Job("s", "f", target, 0, policy, 0, 1, 1, 1, 1, False, None, "c")
+
+    jobs = [job(t, p) for t in ("a", "b") for p in ("random", "ddqn-goal")] + [job("a", "ddqn")]
+    order = [(j.target, j.policy) for j in longest_first(jobs)]
     assert order == [
         ("a", "ddqn-goal"),  # trains the goal-conditioned policy ...
         ("a", "ddqn"),

@@ -77,10 +77,10 @@ def test_outputs_hold_the_same_numbers(evaluated, tiny_store) -> None:
 
 def test_resume_redoes_only_missing_jobs(evaluated, tiny_store, jobs_run) -> None:
     out, summary = evaluated
-    killed = out / "jobs" / "class3__presence__1.json"
+    killed = out / "jobs" / "003-class3__presence__1.json"
     killed.unlink()  # as if the run was killed before this job finished
     again = evaluate(tiny_store.path, out, policies=("random", "presence", "bald", "oracle"), **KW)
-    assert [(j["target"], j["policy"], j["seed"]) for j in jobs_run] == [("class3", "presence", 1)]
+    assert [(j.target, j.policy, j.seed) for j in jobs_run] == [("class3", "presence", 1)]
     assert again == summary
 
 
@@ -113,7 +113,7 @@ def test_learned_policies_are_trained_once_and_cached(learned, tiny_store) -> No
     out, _ = learned
     runs = list((out / "training").glob("*/*/*/ddqn_0/summary.json"))
     assert len(runs) == 1
-    (out / "jobs" / "class3__ddqn__0.json").unlink()
+    (out / "jobs" / "003-class3__ddqn__0.json").unlink()
     stamp = runs[0].stat().st_mtime_ns
     evaluate(tiny_store.path, out, policies=("random", "ddqn"), **LEARNED)
     assert runs[0].stat().st_mtime_ns == stamp  # the cached training run was reused
@@ -239,7 +239,7 @@ def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, jobs_r
     argv += ["--seeds", "1", "--pool-size", "8", "--retrain", "--retrain-epochs", "1"]
     assert main(argv) == 0
     # Job files written without retraining do not count: all four are run again.
-    assert [j["retrain_epochs"] for j in jobs_run] == [1] * 4
+    assert [j.retrain_epochs for j in jobs_run] == [1] * 4
     rows = json.loads((tmp_path / "results.json").read_text())
     assert len(rows) == 4 and all(0.0 <= r["iou"] <= 1.0 for r in rows)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -252,7 +252,7 @@ def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, jobs_r
     again = evaluate(
         prepared.path, tmp_path, policies=policies, retrain=True, retrain_epochs=2, **kwargs
     )
-    assert [j["retrain_epochs"] for j in jobs_run] == [1] * 4 + [2] * 4  # other epochs: again
+    assert [j.retrain_epochs for j in jobs_run] == [1] * 4 + [2] * 4  # other epochs: again
     jobs_run.clear()
     assert evaluate(prepared.path, tmp_path, policies=policies, **kwargs) == plain
     assert jobs_run == [] and "iou" in again["policies"]["random"]
@@ -270,7 +270,7 @@ def test_retrain_policies_limits_retraining(prepared, tmp_path, jobs_run) -> Non
         retrain_policies=("random",),
         **kwargs,
     )
-    retrained = sorted((j["policy"], j["retrain"], j["retrain_epochs"]) for j in jobs_run)
+    retrained = sorted((j.policy, j.retrain, j.retrain_epochs) for j in jobs_run)
     assert retrained == [
         ("oracle", False, None),
         ("presence", False, None),
@@ -292,7 +292,7 @@ def test_retrain_policies_limits_retraining(prepared, tmp_path, jobs_run) -> Non
         retrain_policies=("random", "oracle"),
         **kwargs,
     )
-    assert [(j["policy"], j["retrain"]) for j in jobs_run] == [("oracle", True)]
+    assert [(j.policy, j.retrain) for j in jobs_run] == [("oracle", True)]
     for wrong, message in ((("oracle",), "include it"), (("random", "bald"), "not in --policies")):
         with pytest.raises(ValueError, match=message):
             evaluate(prepared.path, tmp_path, policies=policies, retrain_policies=wrong, **kwargs)
@@ -348,7 +348,7 @@ def test_retrain_needs_the_store_images(tiny_store, prepared, tmp_path, capsys) 
     ],
 )
 def test_beats_random_and_significance(mine, beats, significant) -> None:
-    from misical_gym.train.evaluate import summarize
+    from misical_gym.train.statistics import summarize
 
     rows = [
         {"target": "a", "policy": policy, "seed": seed, "target_pixels": value, "iou": None}

@@ -73,7 +73,7 @@ def test_a_saved_ddqn_run_selects(tiny_store, tmp_path) -> None:
         device="cpu",
         eval_episodes=1,
         progress=False,
-    )
+    ).run_dir
     # The run trained with budget 8; selection asks for 30 picks from the same store.
     selection = select_patches(
         tiny_store.path, str(run_dir), "class3", 30, pool_size=8, device="cpu"

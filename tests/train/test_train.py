@@ -69,7 +69,7 @@ def test_every_agent_trains_logs_and_summarises(agent, tiny_store, tmp_path) -> 
         device="cpu",
         eval_episodes=3,
         progress=False,
-    )
+    ).run_dir
     assert run_dir == tmp_path / "MiSiCAL-Store" / "class3" / f"{agent}_0"
     tags = set(scalars(run_dir).Tags()["scalars"])
     assert COMMON_KEYS | EXTRA_KEYS.get(agent, set()) <= tags, sorted(tags)
@@ -100,7 +100,7 @@ def test_the_same_seed_trains_the_same_model(agent, tiny_store, tmp_path) -> Non
             device="cpu",
             eval_episodes=2,
             progress=False,
-        )
+        ).run_dir
         for name in ("a", "b")
     ]
     summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
@@ -311,7 +311,7 @@ def test_config_command_reproduces_the_run(tiny_store, tmp_path, capsys) -> None
         device="cpu",
         eval_episodes=2,
         progress=False,
-    )
+    ).run_dir
     config = yaml.safe_load((first / "config.yaml").read_text())
     assert config["target"] == "class3"
     assert config["hyperparams"]["hidden"] == 8 and config["hyperparams"]["patience"] == 2

@@ -1,0 +1,225 @@
+"""The evaluation's jobs as data: what to run, the digest that names its result, and running it.
+
+A :class:`Job` is one (target, policy, seed) selection with everything that determines its row:
+the store's fingerprint, the budget, the candidates per pick, the training steps and, for
+learned policies, the resolved hyperparameters. Its :attr:`Job.digest` keys the job file, so
+a resumed evaluation reuses a row only when every one of those is the same. :func:`run_job`
+turns a job into its row; the executors only map jobs to rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from misical_gym.agents.policy import CandidatePolicy
+from misical_gym.paths import safe_name
+from misical_gym.train.agents import AGENTS, HEURISTIC_AGENTS, load_hyperparams
+
+GOAL_SUFFIX = "-goal"
+"""``<agent>-goal`` names one goal-conditioned policy per seed (trained with a new random target
+every episode) that serves every target, beside the paper's one policy per target."""
+
+JOB_FORMAT = 2
+"""Version of the job files; files of another version are run again."""
+
+
+def policy_agent(policy: str) -> tuple[str, bool]:
+    """The agent a policy name trains, and whether it is goal-conditioned."""
+    if policy.endswith(GOAL_SUFFIX):
+        agent = policy[: -len(GOAL_SUFFIX)]
+        if agent in AGENTS and agent not in HEURISTIC_AGENTS:
+            return agent, True
+    if policy not in AGENTS:
+        learned = [a for a in AGENTS if a not in HEURISTIC_AGENTS]
+        raise ValueError(
+            f"unknown policy {policy!r}; choose from {', '.join(AGENTS)}, or a learned agent "
+            f"with {GOAL_SUFFIX!r} for one goal-conditioned policy ({', '.join(learned)})"
+        )
+    return policy, False
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (target, policy, seed) selection and everything that determines its result."""
+
+    store: str
+    """Absolute path of the store (every executor's worker opens it itself)."""
+    store_fingerprint: str
+    """:attr:`~misical_gym.store.FeatureStore.fingerprint` of that store."""
+    target: str
+    target_id: int
+    policy: str
+    seed: int
+    budget: int
+    pool_size: int
+    pretrain_steps: int
+    online_steps: int
+    retrain: bool
+    retrain_epochs: int | None
+    cache: str
+    """Absolute path of the training cache (shared by jobs that train the same policy)."""
+
+    @property
+    def agent(self) -> str:
+        return policy_agent(self.policy)[0]
+
+    @property
+    def goal_conditioned(self) -> bool:
+        return policy_agent(self.policy)[1]
+
+    @property
+    def learned(self) -> bool:
+        return self.agent not in HEURISTIC_AGENTS
+
+    def training(self) -> dict[str, Any]:
+        """What the trained policy depends on (jobs of every target share a goal policy)."""
+        return {
+            "agent": self.agent,
+            "store_fingerprint": self.store_fingerprint,
+            "target": "random" if self.goal_conditioned else self.target,
+            "seed": self.seed,
+            "pretrain_steps": self.pretrain_steps,
+            "online_steps": self.online_steps,
+            "pool_size": self.pool_size,
+            "hyperparams": load_hyperparams(self.agent, "MiSiCAL-Store", None),
+        }
+
+    @property
+    def digest(self) -> str:
+        """A digest of everything that determines the job's selection (not where files live,
+        nor the retraining: a row records its own ``retrain_epochs``, see :meth:`answered_by`)."""
+        fields = dataclasses.asdict(self)
+        for name in ("store", "cache", "retrain", "retrain_epochs"):
+            del fields[name]
+        if self.learned:
+            fields["training"] = self.training()
+        return _digest({"format": JOB_FORMAT, **fields})
+
+    def answered_by(self, record: Any) -> dict[str, Any] | None:
+        """This job's row from a job file's ``record``, or None when the file answers another
+        job: another configuration, or no IoU measured with this job's retraining epochs. A row
+        with an IoU also answers the same job without retraining, its IoU left out."""
+        if not isinstance(record, dict) or record.get("digest") != self.digest:
+            return None
+        row = record.get("row")
+        if not isinstance(row, dict):
+            return None
+        if self.retrain:
+            return row if row.get("retrain_epochs") == self.retrain_epochs else None
+        return {**row, "iou": None}
+
+    @property
+    def file_name(self) -> str:
+        """The job file's name: the class index keeps sanitised names apart (``a b``, ``a_b``)."""
+        return f"{self.target_id:03d}-{safe_name(self.target)}__{self.policy}__{self.seed}.json"
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """The jobs that train a policy first, then those that reuse one, then the heuristics.
+
+    A worker that takes a long training last leaves the others idle at the end; and the jobs
+    that share a goal-conditioned policy would wait on the one that trains it. The order
+    changes no result: every job is seeded on its own.
+    """
+    trained: set[tuple[str, int]] = set()
+
+    def rank(job: Job) -> int:
+        if not job.learned:
+            return 2
+        if job.goal_conditioned:
+            if (job.agent, job.seed) in trained:
+                return 1
+            trained.add((job.agent, job.seed))
+        return 0
+
+    ranks = [rank(job) for job in jobs]  # in order: the first job of a goal policy trains it
+    return [jobs[i] for i in sorted(range(len(jobs)), key=ranks.__getitem__)]  # stable
+
+
+@contextlib.contextmanager
+def _training_lock(cache: Path) -> Iterator[None]:
+    """One trainer per cached configuration: the jobs of every target share a goal-conditioned
+    policy and may start at once, in other processes."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def trained_policy(job: Job) -> CandidatePolicy:
+    """The job's learned policy: trained now, or loaded from the cache if a job trained it."""
+    from misical_gym.train.run import run_training
+    from misical_gym.train.select import load_policy, pool_env
+
+    training = job.training()
+    cache = Path(job.cache) / _digest(training)
+    with _training_lock(cache):
+        runs = list(cache.glob(f"*/*/{job.agent}_{job.seed}/summary.json"))
+        if runs:
+            return load_policy(str(runs[0].parent), pool_env(job.store, job.target, 1, 1))
+        return run_training(
+            job.agent,
+            "MiSiCAL-Store",
+            env_kwargs={"root": job.store, "pool_size": job.pool_size},
+            target=training["target"],
+            pretrain_steps=job.pretrain_steps,
+            online_steps=job.online_steps,
+            seed=job.seed,
+            logdir=cache,
+            device="cpu",
+            eval_episodes=1,
+            overwrite=True,
+            progress=False,
+            threads=1,
+        ).model
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train if needed, select ``budget`` patches, and score the picks with the oracle counts."""
+    import torch
+
+    from misical_gym.store import FeatureStore
+    from misical_gym.train.select import select_patches
+
+    torch.set_num_threads(1)
+    policy: str | CandidatePolicy = trained_policy(job) if job.learned else job.policy
+    selection = select_patches(
+        job.store, policy, job.target, job.budget, pool_size=job.pool_size, seed=job.seed
+    )
+    store = FeatureStore.open(job.store)
+    ids = np.array([p["patch_id"] for p in selection["picks"]], dtype=np.int64)
+    counts = np.asarray(store.counts[ids, selection["target_id"]], dtype=np.int64)
+    iou = None
+    if job.retrain:
+        from misical_gym.segmenter.retrain import retrain_iou
+
+        assert job.retrain_epochs is not None
+        value = retrain_iou(
+            store, selection["target_id"], ids, seed=job.seed, epochs=job.retrain_epochs
+        )
+        iou = None if np.isnan(value) else value  # NaN: the class is nowhere in the test split
+    return {
+        "target": selection["target"],
+        "target_id": selection["target_id"],
+        "policy": job.policy,
+        "seed": job.seed,
+        "target_pixels": int(counts.sum()),
+        "hit_rate": float((counts > 0).mean()) if counts.size else 0.0,
+        "iou": iou,
+        "retrain_epochs": job.retrain_epochs if job.retrain else None,
+        "curve": np.cumsum(counts).tolist(),
+    }
