@@ -8,6 +8,7 @@ from __future__ import annotations
 from misical_gym.segmenter.model import SmallUNet
 from misical_gym.segmenter.training import (
     CLASS_WEIGHTINGS,
+    SEGMENTER_ARCHITECTURES,
     TrainConfig,
     class_weights,
     confusion_matrix,
@@ -16,14 +17,18 @@ from misical_gym.segmenter.training import (
     iou_from_confusion,
     load_segmenter,
     predict_labels,
+    register_segmenter,
     resolve_device,
     save_segmenter,
     segment_iou,
     train_segmenter,
 )
 
+register_segmenter(SmallUNet)
+
 __all__ = [
     "CLASS_WEIGHTINGS",
+    "SEGMENTER_ARCHITECTURES",
     "SmallUNet",
     "TrainConfig",
     "class_weights",
@@ -33,6 +38,7 @@ __all__ = [
     "iou_from_confusion",
     "load_segmenter",
     "predict_labels",
+    "register_segmenter",
     "resolve_device",
     "save_segmenter",
     "segment_iou",
