@@ -80,3 +80,23 @@ def _create_unique(final: Path, suffix: str, create: Callable[[Path], None]) -> 
             continue
         return candidate
     raise FileExistsError(f"no free temporary name next to {final}")
+
+
+def check_writable_dir(path: str | os.PathLike[str]) -> None:
+    """Raise unless files can be written in the directory ``path`` (made if missing).
+
+    Commands call this on their output location before any work, so a read-only or misnamed
+    ``--out`` is reported at once rather than after the results are computed.
+
+    Raises:
+        NotADirectoryError: ``path``, or the first of its parents that exists, is a file.
+        PermissionError: that directory is not writable.
+    """
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, so the directory {path} cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write in {existing} (permission denied)")
