@@ -1,0 +1,64 @@
+"""Item 11: unwritable outputs and damaged manifests are messages, not tracebacks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from misical_gym.cli import main
+
+from .forge import edit_manifest
+
+
+def _select(store: Path, out: Path) -> list[str]:
+    argv = ["select", "--store", str(store), "--policy", "random", "--target", "class1"]
+    return [*argv, "--budget", "3", "--out", str(out)]
+
+
+def test_item11_a_read_only_out_is_refused_before_the_selection(
+    tiny_store, tmp_path, capsys, monkeypatch
+) -> None:
+    # Tests may run as root, whom permissions do not stop: deny the folder through os.access.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode)
+    )
+    selections: list[int] = []
+    monkeypatch.setattr(
+        "misical_gym.train.select.select_patches", lambda *a, **k: selections.append(1)
+    )
+    assert main(_select(tiny_store.path, locked / "picks.json")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("misical: error:") and "permission denied" in err
+    assert selections == []
+
+
+def test_item11_a_failed_write_is_a_message(tiny_store, tmp_path, capsys, monkeypatch) -> None:
+    def denied(path: Path, text: str) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("misical_gym.train.select.atomic_write_text", denied)
+    assert main(_select(tiny_store.path, tmp_path / "picks.json")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("misical: error:") and "picks.json" in err
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.pop("arrays") and None,
+        lambda m: m["arrays"].pop("counts") and None,
+        lambda m: [m],
+        lambda m: m.update(image_ids=m["image_ids"][:2]),
+    ],
+    ids=["no arrays", "no counts", "a list", "fewer image ids than images"],
+)
+def test_item11_damaged_manifests_are_messages(fresh_store, capsys, edit) -> None:
+    edit_manifest(fresh_store.path, edit)
+    assert main(["inspect", str(fresh_store.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("misical: error:") and str(fresh_store.path) in err
