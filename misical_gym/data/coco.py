@@ -130,7 +130,7 @@ class CocoStuff10k:
         if not self.allow_outside_root:
             for image_id in self.image_ids:
                 for sub in ("images", "annotations"):
-                    _check_inside(self.root, f"{sub}/{image_id}", f"{list_path}: entry")
+                    _check_inside(self.root, self.root / sub, image_id, f"{list_path}: entry")
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -331,7 +331,8 @@ class CocoJson:
         self.allow_outside_root = bool(allow_outside_root)
         if not self.allow_outside_root:
             for image_key, (file_name, _, _, path) in images.items():
-                _check_inside(self.image_dir, file_name, f"{path}: image {image_key} file_name")
+                what = f"{path}: image {image_key} file_name"
+                _check_inside(self.image_dir, self.image_dir, file_name, what)
         kept = {
             cat_id: value
             for cat_id, value in categories.items()
@@ -436,12 +437,13 @@ class CocoJson:
         return label
 
 
-def _check_inside(root: Path, relative: str, what: str) -> None:
+def _check_inside(root: Path, folder: Path, relative: str, what: str) -> None:
     """Refuse a path from a dataset's own files that leads outside its (absolute) ``root``.
 
-    Lexical, so a dataset whose folders are symbolic links elsewhere still reads.
+    ``relative`` is joined to ``folder`` as the reader joins it (an absolute one replaces
+    ``folder``). Lexical, so a dataset whose folders are symbolic links elsewhere still reads.
     """
-    joined = os.path.normpath(os.path.join(root, relative))
+    joined = os.path.normpath(os.path.join(folder, relative))
     if os.path.commonpath([root, joined]) != str(root):
         raise DatasetError(
             f"{what} {relative!r} points outside {root}; refusing to read it. If the dataset "

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from misical_gym.cli import main
 
-from .forge import edit_manifest
+from .forge import edit_array, edit_manifest
 
 
 def _select(store: Path, out: Path) -> list[str]:
@@ -47,18 +48,22 @@ def test_item11_a_failed_write_is_a_message(tiny_store, tmp_path, capsys, monkey
     assert err.startswith("misical: error:") and "picks.json" in err
 
 
+def _image_out_of_range(patches: np.ndarray) -> None:
+    patches[0, 0] = 10_000
+
+
 @pytest.mark.parametrize(
-    "edit",
+    "damage",
     [
-        lambda m: m.pop("arrays") and None,
-        lambda m: m["arrays"].pop("counts") and None,
-        lambda m: [m],
-        lambda m: m.update(image_ids=m["image_ids"][:2]),
+        lambda s: edit_manifest(s, lambda m: m.pop("arrays") and None),
+        lambda s: edit_manifest(s, lambda m: m["arrays"].pop("counts") and None),
+        lambda s: edit_manifest(s, lambda m: [m]),
+        lambda s: edit_array(s, "patches", _image_out_of_range),
     ],
-    ids=["no arrays", "no counts", "a list", "fewer image ids than images"],
+    ids=["no arrays", "no counts", "a list", "patch image index out of range"],
 )
-def test_item11_damaged_manifests_are_messages(fresh_store, capsys, edit) -> None:
-    edit_manifest(fresh_store.path, edit)
+def test_item11_damaged_stores_are_messages(fresh_store, capsys, damage) -> None:
+    damage(fresh_store.path)
     assert main(["inspect", str(fresh_store.path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("misical: error:") and str(fresh_store.path) in err

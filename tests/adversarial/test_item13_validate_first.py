@@ -10,7 +10,7 @@ import pytest
 from misical_gym.data import CocoJson, CocoStuff10k
 from misical_gym.data.classes import COCO_STUFF_IDS
 from misical_gym.errors import DatasetError, StoreError
-from misical_gym.prepare import prepare, prepare_synthetic
+from misical_gym.prepare import PrepareConfig, default_splits, prepare, prepare_synthetic
 
 from .forge import write_coco_json, write_image
 
@@ -35,8 +35,12 @@ def coco10k_with_a_bad_mat(root: Path) -> list[CocoStuff10k]:
 
 def coco_json_with_a_corrupt_jpeg(root: Path) -> CocoJson:
     image_dir, annotations = write_coco_json(root, 6)
-    (image_dir / "5.jpg").write_bytes((image_dir / "5.jpg").read_bytes()[:200])
-    return CocoJson(image_dir, annotations)
+    dataset = CocoJson(image_dir, annotations)
+    # A pool image: init images are read for training anyway, pool images only after it.
+    (codes,) = default_splits([dataset], PrepareConfig(init_fraction=QUICK["init_fraction"]))
+    pool = image_dir / f"{dataset.image_ids[int(np.flatnonzero(codes == 1)[0])]}.jpg"
+    pool.write_bytes(pool.read_bytes()[:200])
+    return dataset
 
 
 def test_item13_a_grid_larger_than_the_images_is_refused_first(tmp_path, no_training) -> None:
@@ -47,7 +51,7 @@ def test_item13_a_grid_larger_than_the_images_is_refused_first(tmp_path, no_trai
 
 @pytest.mark.parametrize(
     ("make", "match"),
-    [(coco10k_with_a_bad_mat, "train3.mat"), (coco_json_with_a_corrupt_jpeg, "5.jpg")],
+    [(coco10k_with_a_bad_mat, "annotations"), (coco_json_with_a_corrupt_jpeg, "cannot read image")],
     ids=["bad mat", "corrupt jpeg"],
 )
 def test_item13_unreadable_images_are_refused_first(tmp_path, no_training, make, match) -> None:
