@@ -51,6 +51,8 @@ _ARRAYS: dict[str, tuple[str, str]] = {
     "patches": ("int32", "[N, 4]"),
     "image_sizes": ("int32", "[I, 2]"),
 }
+_SCANNED = ("features", "counts")
+"""The arrays whose checksums and values are checked in one read (nearly all of a store)."""
 _CHUNK = 16 << 20
 _verified: dict[tuple[str, int, int], int] = {}
 _values_checked: set[tuple[tuple[str, int, int], ...]] = set()
@@ -94,19 +96,27 @@ def file_crc32(path: Path) -> int:
     return crc
 
 
-def _verify_checksum(path: Path, expected: int) -> None:
+def _file_key(path: Path) -> tuple[str, int, int]:
+    """Identifies one version of a file: its resolved path, size and modification time."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _verify_checksum(path: Path, expected: int) -> None:
+    key = _file_key(path)
     if _verified.get(key) == expected:
         return
-    actual = file_crc32(path)
+    _check_crc(path, file_crc32(path), expected)
+    _verified[key] = expected
+
+
+def _check_crc(path: Path, actual: int, expected: int) -> None:
     if actual != expected:
         raise StoreError(
             f"{path}: checksum mismatch (crc32 {actual:08x}, manifest says {expected:08x}); "
             "the file is corrupt or was changed after the store was written. "
             "Prepare the store again."
         )
-    _verified[key] = expected
 
 
 class FeatureStore:
@@ -176,7 +186,7 @@ class FeatureStore:
                 raise StoreError(f"{file}: truncated ({array.nbytes} of {expected_size} bytes)")
             if not array.flags.c_contiguous:
                 raise StoreError(f"{file}: stored in Fortran order; a store writes C order")
-            if verify:
+            if verify and name not in _SCANNED:
                 _verify_checksum(file, meta["crc32"])
             arrays[name] = array
         for name, meta in manifest["files"].items():
@@ -188,7 +198,7 @@ class FeatureStore:
         store = cls(path, manifest, arrays)
         store._check_consistency()
         if verify:
-            store._check_values_once()
+            store._verify_scanned()
         return store
 
     def _check_consistency(self) -> None:
@@ -217,39 +227,46 @@ class FeatureStore:
                     f"{len(self.manifest['class_patches'][split])} entries, not one per class ({c})"
                 )
 
-    def _check_values_once(self) -> None:
-        """:func:`check_values` on this store, skipped when this process already checked the
-        same versions of its files (the checksums only say the files match the manifest, and
-        whoever edits a file can edit the manifest too)."""
-        files = [self.path / MANIFEST] + [
-            self.path / self.manifest["arrays"][name]["file"] for name in _ARRAYS
-        ]
-        key = tuple((str(f.resolve()), (st := f.stat()).st_size, st.st_mtime_ns) for f in files)
+    def _verify_scanned(self) -> None:
+        """Checksums of features and counts and :func:`check_values` on the whole store.
+
+        The checksums only say that the files match the manifest, and whoever edits a file can
+        edit the manifest too, so the values are checked as well. Features and counts, nearly
+        all of a store's bytes, are read once for both, in blocks of rows; a process checks one
+        version of a store's files once.
+        """
+        arrays = {name: self.path / self.manifest["arrays"][name]["file"] for name in _ARRAYS}
+        key = tuple(_file_key(file) for file in (self.path / MANIFEST, *arrays.values()))
         if key in _values_checked:
             return
-        features, counts = files[1], files[2]
         patches = np.asarray(self.patches)  # 16 bytes a patch: small enough to read whole
         sizes = np.asarray(self.image_sizes)
-        step = max(1, _CHUNK // self.features[:1].nbytes)
-        try:
-            for start, (feature_rows, count_rows) in enumerate(
-                zip(
-                    _row_blocks(features, self.features, step),
-                    _row_blocks(counts, self.counts, step),
-                    strict=True,
-                )
-            ):
-                first = start * step
-                check_values(
-                    features=feature_rows,
-                    counts=count_rows,
-                    patches=patches[first : first + len(feature_rows)],
-                    image_sizes=sizes,
-                    grid=self.grid,
-                    first_patch=first,
-                )
-        except StoreError as exc:
-            raise StoreError(f"{self.path}: {exc}. Prepare the store again.") from None
+        step = max(1, _CHUNK // max(self.features[:1].nbytes, 1))
+        blocks = zip(
+            *(
+                _checked_rows(arrays[name], getattr(self, name), self.manifest, name, step)
+                for name in _SCANNED
+            ),
+            strict=True,
+        )
+        problem = None
+        # A bad value is reported only once the checksums held: a corrupt file is named as such.
+        for index, (feature_rows, count_rows) in enumerate(blocks):
+            if problem is None:
+                first = index * step
+                try:
+                    check_values(
+                        features=feature_rows,
+                        counts=count_rows,
+                        patches=patches[first : first + len(feature_rows)],
+                        image_sizes=sizes,
+                        grid=self.grid,
+                        first_patch=first,
+                    )
+                except StoreError as exc:
+                    problem = exc
+        if problem is not None:
+            raise StoreError(f"{self.path}: {problem}. Prepare the store again.") from None
         _values_checked.add(key)
 
     # ------------------------------------------------------------------ writing
@@ -551,19 +568,25 @@ def check_values(
         )
 
 
-def _row_blocks(file: Path, array: np.ndarray, rows: int) -> Iterator[np.ndarray]:
-    """``array``'s rows ``rows`` at a time, read from ``file`` with plain reads.
+def _checked_rows(
+    file: Path, array: np.ndarray, manifest: Mapping[str, Any], name: str, rows: int
+) -> Iterator[np.ndarray]:
+    """``array``'s rows, ``rows`` at a time, from plain reads of ``file``; at the end, raise a
+    :class:`StoreError` unless the file's CRC-32 is the one the manifest records.
 
     Never through the memory map: every page read through a map counts towards the process's
     resident memory, and opening a store should not make the environment look large.
     """
-    header = file.stat().st_size - array.nbytes
+    expected = manifest["arrays"][name]["crc32"]
     with open(file, "rb") as f:
-        f.seek(header)
+        crc = zlib.crc32(f.read(file.stat().st_size - array.nbytes))  # the .npy header
         for start in range(0, array.shape[0], rows):
             count = min(rows, array.shape[0] - start)
             block = np.fromfile(f, dtype=array.dtype, count=count * array.shape[1])
+            crc = zlib.crc32(block, crc)
             yield block.reshape(count, array.shape[1])
+    _check_crc(file, crc, expected)
+    _verified[_file_key(file)] = expected
 
 
 def check_destination(path: Path, overwrite: bool) -> bool:
