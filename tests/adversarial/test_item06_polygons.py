@@ -12,8 +12,8 @@ from .forge import write_coco_json
 
 @pytest.mark.parametrize(
     "polygon",
-    [[2, 2, 20, 2, 20], [2, 2, 20, 2], [], [2, 2, 20, 2, "x", 20]],
-    ids=["odd", "two points", "empty", "not numbers"],
+    [[2, 2, 20, 2, 20], [2, 2, 20, 2], [], {"x": 1}],
+    ids=["odd", "two points", "empty", "not a list"],
 )
 def test_item06_malformed_polygons_are_refused(tmp_path, polygon) -> None:
     image_dir, annotations = write_coco_json(tmp_path, 2, polygon=polygon)
