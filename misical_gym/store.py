@@ -440,7 +440,8 @@ class FeatureStore:
         """The ``(image, label)`` of one of the store's images, read from its dataset again.
 
         Raises:
-            StoreError: the store does not record where its images are.
+            StoreError: the store does not record where its images are, or its manifest's
+                record of them is damaged.
             DatasetError: the dataset is gone or changed.
         """
         if not self.can_reach_images:
@@ -448,9 +449,27 @@ class FeatureStore:
         from misical_gym.data import open_dataset
 
         cache = self.__dict__.setdefault("_sources", {})
-        source, item = self.dataset["items"][int(image_index)]
+        sources, items, index = self.dataset["sources"], self.dataset["items"], int(image_index)
+        entry = items[index] if isinstance(items, list) and 0 <= index < len(items) else None
+        if not (
+            isinstance(sources, list)
+            and isinstance(entry, list)
+            and len(entry) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in entry)
+            and entry[0] < len(sources)
+        ):
+            raise StoreError(
+                f"{self.path / MANIFEST}: dataset items[{index}] is {entry!r:.80}, not "
+                "[source, item] of one of its sources; the manifest is damaged or was edited"
+            )
+        source, item = entry
         if source not in cache:
-            cache[source] = open_dataset(self.dataset["sources"][source])
+            cache[source] = open_dataset(sources[source])
+        if item >= len(cache[source]):
+            raise StoreError(
+                f"{self.path / MANIFEST}: dataset items[{index}] names image {item} of a source "
+                f"that has {len(cache[source])}; the dataset changed or the manifest was edited"
+            )
         return cache[source][item]
 
     def class_patches(self, split: str) -> np.ndarray:

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from misical_gym.cli import main
+from misical_gym.errors import StoreError
+from misical_gym.store import FeatureStore
 
 from .forge import edit_array, edit_manifest
 
@@ -67,3 +69,19 @@ def test_item11_damaged_stores_are_messages(fresh_store, capsys, damage) -> None
     assert main(["inspect", str(fresh_store.path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("misical: error:") and str(fresh_store.path) in err
+
+
+@pytest.mark.parametrize("entry", [[0, 99], [5, 0], "x", [0]], ids=str)
+def test_item11_damaged_image_records_are_store_errors(fresh_store, entry) -> None:
+    world = {"kind": "synthetic", "num_images": 6, "seed": 0, "image_size": 64}
+
+    def point_at_images(manifest: dict) -> None:
+        items = [[0, i] for i in range(6)]
+        items[2] = entry
+        manifest["dataset"] = {"kind": "synthetic", "sources": [world], "items": items}
+
+    edit_manifest(fresh_store.path, point_at_images)
+    store = FeatureStore.open(fresh_store.path)
+    assert store.image(1)[0].shape == (64, 64, 3)
+    with pytest.raises(StoreError, match=r"items\[2\]"):
+        store.image(2)
