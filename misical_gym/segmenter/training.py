@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from misical_gym.atomic import atomic_path
 from misical_gym.data.classes import IGNORE_INDEX
+from misical_gym.errors import StoreError
 
 CLASS_WEIGHTINGS: tuple[str, ...] = ("sqrt", "inverse", "none")
 
@@ -311,8 +312,6 @@ def load_segmenter(path: str | os.PathLike[str], device: str | torch.device = "c
         StoreError: the checkpoint is not one :func:`save_segmenter` writes, or names a class
             that is not registered.
     """
-    from misical_gym.errors import StoreError
-
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -17,6 +17,8 @@ from misical_gym.segmenter import (
     save_segmenter,
 )
 
+from .forge import edit_manifest
+
 
 @pytest.mark.parametrize(
     ("name", "config"),
@@ -61,3 +63,27 @@ def test_item01_a_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path: Path) 
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "plain.pt")
     with pytest.raises(StoreError, match="not a segmenter checkpoint"):
         load_segmenter(tmp_path / "plain.pt")
+
+
+def test_item01_retraining_on_a_forged_store_runs_nothing(fresh_store, tmp_path: Path) -> None:
+    from misical_gym.segmenter.retrain import retrain_iou
+    from misical_gym.store import FeatureStore, file_crc32
+
+    mark = tmp_path / "ran"
+    checkpoint = fresh_store.path / "segmenter.pt"
+    torch.save(
+        {"class": "os:system", "config": {"command": f"touch {mark}"}, "state_dict": {}},
+        checkpoint,
+    )
+    world = {"kind": "synthetic", "num_images": 6, "seed": 0, "image_size": 64}
+
+    def forge(manifest: dict) -> None:
+        manifest["files"] = {"segmenter.pt": {"crc32": file_crc32(checkpoint)}}
+        manifest["segmenter"] = {"checkpoint": "segmenter.pt"}
+        items = [[0, i] for i in range(6)]
+        manifest["dataset"] = {"kind": "synthetic", "sources": [world], "items": items}
+
+    edit_manifest(fresh_store.path, forge)
+    with pytest.raises(StoreError, match="not a known architecture"):
+        retrain_iou(FeatureStore.open(fresh_store.path), 0, [0], epochs=0)
+    assert not mark.exists()
