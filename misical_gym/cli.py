@@ -79,7 +79,11 @@ def _add_prepare(commands: Any) -> None:
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sub.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
-        sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
+        sub.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an existing store (only a store: any other folder or file is refused)",
+        )
         sub.set_defaults(run=_run_prepare, default_name=default_name)
 
     synthetic = kinds.add_parser("synthetic", help="the offline synthetic world")
