@@ -7,10 +7,13 @@ imports torch.
 from __future__ import annotations
 
 import bisect
+import difflib
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +30,7 @@ _PREPARE_HINTS = {
     "synthetic": "misical prepare synthetic",
 }
 _open_stores: dict[tuple[str, int], FeatureStore] = {}
+_warned_absent: set[tuple[str, str, int]] = set()
 
 
 def resolve_store(root: str | os.PathLike[str] | None, store_name: str | None) -> FeatureStore:
@@ -64,18 +68,57 @@ def resolve_target(store: FeatureStore, target: str | int, split: str) -> int | 
     """A fixed target's class index, or None for ``"random"`` (a new target every episode).
 
     ``"default"`` is the store's first designed rare class, else ``skis`` (the class the paper
-    highlights) when the store has it, else the rarest class that occurs in the split.
+    highlights) when the store has it, else the rarest class that occurs in the split. A target
+    that never occurs in the split is allowed (every pick then pays 0), with a warning, once.
     """
     if isinstance(target, str) and target == "random":
         return None
     if isinstance(target, str) and target == "default":
         if store.rare_classes:
-            return int(store.rare_classes[0])
-        if "skis" in store.class_names:
-            return store.class_names.index("skis")
-        freq = store.class_patches(split)
-        return int(np.argmin(np.where(freq > 0, freq, np.iinfo(np.int64).max)))
-    return store.class_index(target)
+            chosen = int(store.rare_classes[0])
+        elif "skis" in store.class_names:
+            chosen = store.class_names.index("skis")
+        else:
+            freq = store.class_patches(split)
+            chosen = int(np.argmin(np.where(freq > 0, freq, np.iinfo(np.int64).max)))
+    else:
+        chosen = store.class_index(target)
+    key = (str(store.path), split, chosen)
+    if store.class_patches(split)[chosen] == 0 and key not in _warned_absent:
+        _warned_absent.add(key)
+        warnings.warn(
+            f"target class {store.class_names[chosen]!r} never occurs in split {split!r} of "
+            f"{store.path}: every pick of an episode on it pays 0",
+            UserWarning,
+            stacklevel=3,
+        )
+    return chosen
+
+
+def check_reset_options(options: Any, known: Sequence[str]) -> Mapping[str, Any]:
+    """``options`` of ``reset`` as a mapping, refusing anything but the ``known`` keys.
+
+    An ignored option is a silent bug in the caller (``{"target": ...}`` for
+    ``{"target_class": ...}``), so a misspelt or unknown key is an error that names the known
+    ones.
+
+    Raises:
+        TypeError: ``options`` is neither None nor a mapping.
+        ValueError: it has a key not in ``known``.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"reset options must be a dict or None, got {type(options).__name__}")
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown reset option(s) {', '.join(map(repr, unknown))}; this environment takes "
+            f"{', '.join(map(repr, known))}.{hint}"
+        )
+    return options
 
 
 def targets_present(store: FeatureStore, split: str) -> np.ndarray:
@@ -174,7 +217,6 @@ class ObservationBuilder:
         self.store = store
         # A plain ndarray view of the memory map: NumPy's memmap subclass slows every gather.
         self.features = np.asarray(store.features)
-        c = store.num_classes
         layout = store.layout
         self.num_global = layout.num_global
         self.num_base = layout.class_bald.start
@@ -184,9 +226,10 @@ class ObservationBuilder:
         if target_onehot:
             names += [f"target:{name}" for name in store.class_names]
         self.names: tuple[str, ...] = tuple(names)
-        entropy_max = math.log(max(c, 2))
+        # The store's bounds for the columns taken as they are; then the target's presence (1),
+        # its class-BALD, the budget left and the one-hot (1).
         high = np.ones(len(names), dtype=np.float32)
-        high[: layout.num_global] = entropy_max
+        high[: self.num_base] = layout.upper_bounds()[: self.num_base]
         high[self.num_base + 1] = math.log(2)
         self.low = np.zeros(len(names), dtype=np.float32)
         self.high = high

@@ -15,6 +15,7 @@ from misical_gym.envs.core import (
     DEFAULT_REWARD_VALUES,
     ObservationBuilder,
     RewardFunction,
+    check_reset_options,
     resolve_store,
     resolve_target,
     targets_present,
@@ -177,9 +178,14 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start an episode; ``options={"target_class": ...}`` overrides the target for it."""
+        """Start an episode; ``options={"target_class": ...}`` overrides the target for it.
+
+        Raises:
+            TypeError, ValueError: ``options`` is not a dict, or has a key other than
+                ``target_class``.
+        """
+        options = check_reset_options(options, ("target_class",))
         super().reset(seed=seed)
-        options = options or {}
         if "target_class" in options:
             chosen = resolve_target(self.store, options["target_class"], self.split)
         else:

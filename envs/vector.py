@@ -12,6 +12,7 @@ from gymnasium.vector.utils import batch_space
 from misical_gym.envs.core import (
     ObservationBuilder,
     RewardFunction,
+    check_reset_options,
 )
 from misical_gym.envs.patch_selection import MiSiCALEnv
 
@@ -75,8 +76,8 @@ class MiSiCALVectorEnv(VectorEnv):
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset every sub-environment (``options["reset_mask"]`` resets only those marked)."""
+        options = check_reset_options(options, ("reset_mask",))
         super().reset(seed=seed if isinstance(seed, int) or seed is None else seed[0])
-        options = options or {}
         mask = np.asarray(options.get("reset_mask", np.ones(self.num_envs, dtype=bool)), dtype=bool)
         # Removal swaps patches, so every row stays a permutation of the split and an autoreset
         # needs no copy; an explicit reset restores the canonical order so seeds reproduce.

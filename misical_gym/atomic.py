@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -19,12 +19,8 @@ def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Pat
     """Yield a temporary path next to ``final``; rename it onto ``final`` on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, _permissions(0o666))  # mkstemp's 0600 would make results private
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    tmp = _create_unique(final, suffix + ".tmp", lambda p: os.close(os.open(p, flags, 0o666)))
     try:
         yield tmp
         os.replace(tmp, final)
@@ -44,13 +40,15 @@ def atomic_directory(final: str | os.PathLike[str], overwrite: bool = False) -> 
 
     Raises:
         FileExistsError: ``final`` exists and ``overwrite`` is False.
+        NotADirectoryError: ``final`` exists and is not a directory (it is never replaced).
     """
     final = Path(final)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it")
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"{final} is a file, not a directory; refusing to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    os.chmod(tmp, _permissions(0o777))  # as mkdir would, not mkdtemp's 0700
+    tmp = _create_unique(final, ".partial", lambda p: os.mkdir(p, 0o777))
     try:
         yield tmp
         if final.exists():
@@ -66,8 +64,39 @@ def atomic_directory(final: str | os.PathLike[str], overwrite: bool = False) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _permissions(base: int) -> int:
-    """``base`` less the process umask: the mode ``open`` or ``mkdir`` would give."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return base & ~umask
+def _create_unique(final: Path, suffix: str, create: Callable[[Path], None]) -> Path:
+    """Create a fresh hidden name next to ``final`` with ``create`` and return it.
+
+    ``create`` makes the file or directory with mode 0666 / 0777 itself, so the kernel applies
+    the umask (and any default ACL) exactly as for a plain ``open`` or ``mkdir``. ``tempfile``'s
+    0600 / 0700 would have to be widened by reading the umask, and the only portable way to read
+    it sets it for a moment, which races with other threads creating files.
+    """
+    for _ in range(100):
+        candidate = final.with_name(f".{final.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary name next to {final}")
+
+
+def check_writable_dir(path: str | os.PathLike[str]) -> None:
+    """Raise unless files can be written in the directory ``path`` (made if missing).
+
+    Commands call this on their output location before any work, so a read-only or misnamed
+    ``--out`` is reported at once rather than after the results are computed.
+
+    Raises:
+        NotADirectoryError: ``path``, or the first of its parents that exists, is a file.
+        PermissionError: that directory is not writable.
+    """
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, so the directory {path} cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write in {existing} (permission denied)")

@@ -17,6 +17,14 @@ from typing import Any
 from misical_gym.errors import MisicalError
 
 Command = Callable[[argparse.Namespace], int | None]
+# Problems with the paths a user gave: an error message, not a traceback.
+_PATH_ERRORS = (
+    FileExistsError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (MisicalError, ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (MisicalError, ValueError, *_PATH_ERRORS) as exc:
         print(f"misical: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -71,7 +79,11 @@ def _add_prepare(commands: Any) -> None:
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sub.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
-        sub.add_argument("--overwrite", action="store_true", help="replace an existing store")
+        sub.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an existing store (only a store: any other folder or file is refused)",
+        )
         sub.set_defaults(run=_run_prepare, default_name=default_name)
 
     synthetic = kinds.add_parser("synthetic", help="the offline synthetic world")
@@ -82,6 +94,7 @@ def _add_prepare(commands: Any) -> None:
     coco10k = kinds.add_parser("coco10k", help="COCO-Stuff 10k v1.1 (downloaded)")
     coco10k.add_argument("--root", type=Path, required=True, help="the dataset's root folder")
     coco10k.add_argument("--image-size", type=int, default=256, help="network input side (256)")
+    _add_outside_root(coco10k, "image list entries")
     common(coco10k, "coco10k")
 
     coco164k = kinds.add_parser("coco164k", help="COCO-Stuff 164k (downloaded)")
@@ -97,7 +110,16 @@ def _add_prepare(commands: Any) -> None:
         "--annotations", type=Path, nargs="+", required=True, help="annotation JSON files"
     )
     coco_json.add_argument("--image-size", type=int, default=256, help="network input side (256)")
+    _add_outside_root(coco_json, "file_name values")
     common(coco_json, "coco-json")
+
+
+def _add_outside_root(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help=f"read {what} that point outside the dataset folder (refused by default)",
+    )
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
@@ -131,14 +153,20 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
         datasets: list[SegmentationDataset]
         if args.dataset == "coco10k":
-            datasets = [CocoStuff10k(args.root, "train"), CocoStuff10k(args.root, "test")]
+            outside = args.allow_outside_root
+            datasets = [
+                CocoStuff10k(args.root, split, allow_outside_root=outside)
+                for split in ("train", "test")
+            ]
         elif args.dataset == "coco164k":
             datasets = [
                 CocoStuff164k(args.root, args.split),
                 CocoStuff164k(args.root, args.test_split),
             ]
         else:
-            datasets = [CocoJson(args.images, args.annotations)]
+            datasets = [
+                CocoJson(args.images, args.annotations, allow_outside_root=args.allow_outside_root)
+            ]
         store = prepare(datasets, out, config, overwrite=args.overwrite)
     print(json.dumps(summarize(store), indent=1))
     print(f"store written to {store.path}", file=sys.stderr)
@@ -204,8 +232,10 @@ def _add_train(commands: Any) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from misical_gym.atomic import check_writable_dir
     from misical_gym.train.run import main as train_main
 
+    check_writable_dir(args.logdir)
     return train_main(args)
 
 
@@ -223,8 +253,12 @@ def _add_select(commands: Any) -> None:
 
 
 def _run_select(args: argparse.Namespace) -> int:
+    from misical_gym.atomic import check_writable_dir
     from misical_gym.train.select import main as select_main
 
+    if args.out.is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a directory; name the output file")
+    check_writable_dir(args.out.parent)  # before the selection, not after it
     return select_main(args)
 
 
@@ -245,8 +279,10 @@ def _add_evaluate(commands: Any) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from misical_gym.atomic import check_writable_dir
     from misical_gym.train.evaluate import main as evaluate_main
 
+    check_writable_dir(args.out)
     return evaluate_main(args)
 
 

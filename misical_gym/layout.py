@@ -8,9 +8,12 @@ environments all read positions from here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+
+import numpy as np
 
 GLOBAL_FEATURES: tuple[str, ...] = ("bald_mean", "bald_max", "entropy_mean")
 """Class-agnostic feature columns, first in every store."""
@@ -23,8 +26,13 @@ class FeatureLayout:
     class_names: tuple[str, ...]
 
     @classmethod
-    def of(cls, class_names: Sequence[str]) -> FeatureLayout:
+    def of(cls, class_names: Sequence[object]) -> FeatureLayout:
         return cls(tuple(str(c) for c in class_names))
+
+    @classmethod
+    def positional(cls, num_classes: int) -> FeatureLayout:
+        """The layout of ``num_classes`` classes by position (for code that has no names)."""
+        return cls.of(range(num_classes))
 
     @property
     def num_classes(self) -> int:
@@ -56,3 +64,13 @@ class FeatureLayout:
             + tuple(f"presence:{c}" for c in self.class_names)
             + tuple(f"class_bald:{c}" for c in self.class_names)
         )
+
+    def upper_bounds(self) -> np.ndarray:
+        """float32 upper bound of every column (the lower bound is 0): the global BALD and
+        entropy columns are at most ``log C``, presence is a probability and a one-vs-rest BALD
+        is at most ``log 2``. Feature extraction clamps to these; stores are checked against
+        them."""
+        bounds = np.ones(self.num_columns, dtype=np.float32)
+        bounds[: self.num_global] = math.log(max(self.num_classes, 2))
+        bounds[self.class_bald] = math.log(2)
+        return bounds

@@ -27,20 +27,20 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from misical_gym.atomic import atomic_write_text
+from misical_gym.atomic import atomic_write_text, check_writable_dir
 from misical_gym.data.base import SegmentationDataset
 from misical_gym.data.patches import PatchGrid, split_indices
 from misical_gym.data.resize import resize_example
 from misical_gym.layout import FeatureLayout
 from misical_gym.paths import default_store_path
-from misical_gym.store import SPLITS, FeatureStore
+from misical_gym.store import SPLITS, FeatureStore, check_destination
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {"images": 3000, "seed": 0, "image_size": 64}
 """The default synthetic world: 3,000 images of 64 px (300 test, 270 init, 2,430 pool)."""
@@ -87,6 +87,8 @@ class PrepareConfig:
             raise ValueError(f"--epochs must be non-negative, got {self.epochs}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be non-negative, got {self.seed}")
         for name in ("init_fraction", "test_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
@@ -180,9 +182,11 @@ def prepare(
     if not sources:
         raise ValueError("prepare needs at least one dataset")
     config = (config or PrepareConfig()).replace(**settings)
-    out = Path(out).expanduser()
-    if (out / "manifest.json").exists() and not overwrite:
-        raise FileExistsError(f"a store already exists at {out}; pass --overwrite to replace it")
+    # Absolute and normalised: "--out ." has no name to derive the build folder's name from.
+    out = Path(os.path.abspath(Path(out).expanduser()))
+    # Before any work, not after hours of it.
+    check_destination(out, overwrite)
+    check_writable_dir(out.parent)
     class_names = tuple(sources[0].class_names)
     if any(tuple(s.class_names) != class_names for s in sources):
         raise ValueError("all datasets of a store must share one class list")
@@ -225,6 +229,7 @@ def _prepare(
         iou_from_confusion,
         load_segmenter,
         predict_labels,
+        register_segmenter,
         save_segmenter,
         train_segmenter,
     )
@@ -242,6 +247,10 @@ def _prepare(
         if config.image_size is None:
             return image, label, label
         return (*resize_example(image, label, config.image_size), label)
+
+    _check_images(sources, items, load, config, progress)
+    if model is not None:
+        register_segmenter(type(model))  # the caller's own class: its checkpoint may build it
 
     # ------------------------------------------------ segmenter (cached in the build folder)
     build = out.with_name(out.name + ".build")
@@ -417,6 +426,48 @@ def prepare_synthetic(
         progress=progress,
         **settings,
     )
+
+
+def _check_images(
+    sources: Sequence[SegmentationDataset],
+    items: Sequence[tuple[int, int]],
+    load: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    config: PrepareConfig,
+    progress: bool,
+) -> None:
+    """Read every image once before training: a corrupt file, or an image too small for the
+    grid or the MC stride, is reported before the segmenter has trained, not after.
+
+    Raises:
+        DatasetError: an image or label cannot be read (the dataset names the file).
+        ValueError: an image, or the head's pooled output, has fewer pixels than the grid cells.
+    """
+    from tqdm.auto import tqdm
+
+    grid, stride = config.grid, config.mc_stride
+    checked: set[tuple[int, ...]] = set()
+    for index in tqdm(range(len(items)), desc="checking images", unit="img", disable=not progress):
+        net_image, _, label = load(index)
+        (h, w), (net_h, net_w) = label.shape[:2], net_image.shape[:2]
+        if (h, w, net_h, net_w) in checked:
+            continue
+        checked.add((h, w, net_h, net_w))
+        source, item = items[index]
+        name = f"image {sources[source].image_ids[item]!r}"
+        for what, height, width in (("", h, w), (" at the network's size", net_h, net_w)):
+            if height < grid.rows or width < grid.cols:
+                raise ValueError(
+                    f"{name} is {height}x{width}{what}, smaller than the {grid.rows}x{grid.cols} "
+                    "patch grid; choose a coarser --grid (or a larger --image-size)"
+                )
+        head_h, head_w = max(net_h // stride, 1), max(net_w // stride, 1)
+        if head_h < grid.rows or head_w < grid.cols:
+            largest = min(net_h // grid.rows, net_w // grid.cols)
+            raise ValueError(
+                f"--mc-stride {stride} pools {name} ({net_h}x{net_w} at the network's size) to "
+                f"{head_h}x{head_w}, fewer cells than the {grid.rows}x{grid.cols} patch grid; "
+                f"use --mc-stride {largest} or less"
+            )
 
 
 def _stack(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ def arrays(n_images: int = 4, c: int = 3) -> dict:
     rng = np.random.default_rng(0)
     return {
         "features": rng.uniform(0, 0.5, (n, 3 + 2 * c)).astype(np.float32),
-        "counts": rng.integers(0, 10, (n, c)),
+        "counts": rng.integers(0, 5, (n, c)),  # at most 15 pixels in a 16-pixel patch
         "patches": np.stack(
             [
                 np.repeat(np.arange(n_images), 4),

@@ -131,6 +131,11 @@ def run_training(
     check_agent(agent)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    if isinstance(eval_episodes, bool) or not isinstance(eval_episodes, int) or eval_episodes < 1:
+        # 0 episodes would average nothing into NaN, which is not JSON.
+        raise ValueError(f"--eval-episodes must be at least 1, got {eval_episodes!r}")
     env_kwargs = dict(env_kwargs or {})
     for name, value in (
         ("steps", steps),
@@ -227,7 +232,7 @@ def run_training(
         "model": model_path.name,
         "seconds": round(time.time() - start, 2),
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
     return TrainingRun(run_dir, model, summary)
 
 

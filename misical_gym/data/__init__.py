@@ -93,14 +93,34 @@ def store_image(store: FeatureStore, image_index: int) -> tuple[np.ndarray, np.n
     """The ``(image, label)`` of one of ``store``'s images, read from its dataset again.
 
     Raises:
-        StoreError: the store does not record where its images are.
+        StoreError: the store does not record where its images are, or its manifest's record
+            of them is damaged.
         DatasetError: the dataset is gone or changed.
     """
     if not store.can_reach_images:
         raise StoreError(f"{store.path}: this store does not record where its images are")
-    source, item = store.dataset["items"][int(image_index)]
-    spec = store.dataset["sources"][source]
-    return _open_cached(json.dumps(spec, sort_keys=True))[item]
+    manifest = store.path / "manifest.json"
+    sources, items, index = store.dataset["sources"], store.dataset["items"], int(image_index)
+    entry = items[index] if isinstance(items, list) and 0 <= index < len(items) else None
+    if not (
+        isinstance(sources, list)
+        and isinstance(entry, list)
+        and len(entry) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in entry)
+        and entry[0] < len(sources)
+    ):
+        raise StoreError(
+            f"{manifest}: dataset items[{index}] is {entry!r:.80}, not [source, item] of one of "
+            "its sources; the manifest is damaged or was edited"
+        )
+    source, item = entry
+    dataset = _open_cached(json.dumps(sources[source], sort_keys=True))
+    if item >= len(dataset):
+        raise StoreError(
+            f"{manifest}: dataset items[{index}] names image {item} of a source that has "
+            f"{len(dataset)}; the dataset changed or the manifest was edited"
+        )
+    return dataset[item]
 
 
 @functools.lru_cache(maxsize=16)

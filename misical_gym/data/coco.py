@@ -88,6 +88,8 @@ class CocoStuff10k:
     Args:
         root: The dataset folder.
         split: ``"train"`` or ``"test"``: which image list to use.
+        allow_outside_root: Read list entries that point outside ``root`` (``../x``, ``/x``);
+            refused by default, since a list is data and should not choose what is read.
 
     Attributes:
         root: The dataset folder, absolute.
@@ -96,13 +98,14 @@ class CocoStuff10k:
         image_ids: The image ids of the split's list, in list order.
 
     Raises:
-        DatasetError: The split is unknown, a folder or the list is missing, or the list is empty.
+        DatasetError: The split is unknown, a folder or the list is missing, the list is empty,
+            or an entry points outside ``root`` without ``allow_outside_root``.
     """
 
     SPLITS: tuple[str, ...] = ("train", "test")
     class_names: tuple[str, ...] = COCO_STUFF_CLASSES
 
-    def __init__(self, root: PathLike, split: str) -> None:
+    def __init__(self, root: PathLike, split: str, *, allow_outside_root: bool = False) -> None:
         if split not in self.SPLITS:
             raise DatasetError(
                 f"CocoStuff10k split must be one of {', '.join(self.SPLITS)}; got {split!r}"
@@ -123,11 +126,17 @@ class CocoStuff10k:
             raise DatasetError(
                 f"{what} image list {list_path} is empty; expected one image id per line"
             )
+        self.allow_outside_root = bool(allow_outside_root)
+        if not self.allow_outside_root:
+            for image_id in self.image_ids:
+                for sub in ("images", "annotations"):
+                    _check_inside(self.root, self.root / sub, image_id, f"{list_path}: entry")
 
     @property
     def spec(self) -> dict[str, Any]:
         """``{"kind": "coco10k", "root": ..., "split": ...}``: rebuilds the same dataset."""
-        return {"kind": "coco10k", "root": str(self.root), "split": self.split}
+        spec = {"kind": "coco10k", "root": str(self.root), "split": self.split}
+        return spec | ({"allow_outside_root": True} if self.allow_outside_root else {})
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -274,6 +283,9 @@ class CocoJson:
     Args:
         image_dir: The folder the JSON ``file_name`` entries are relative to.
         annotation_files: One COCO-format JSON path, or several for the same images.
+        allow_outside_root: Read ``file_name`` entries that point outside ``image_dir``
+            (``../x``, ``/x``); refused by default, since the JSON is data and should not choose
+            what is read.
 
     Attributes:
         image_dir: The image folder, absolute.
@@ -283,12 +295,17 @@ class CocoJson:
 
     Raises:
         DatasetError: A folder or file is missing or not COCO-format JSON, two files disagree
-            about an image or a category, an annotation names an unknown category or image, or
-            no file lists any image.
+            about an image or a category, an annotation names an unknown category or image or
+            holds a polygon that is not a list of at least three x, y pairs, no file lists any
+            image, or a ``file_name`` points outside ``image_dir`` without ``allow_outside_root``.
     """
 
     def __init__(
-        self, image_dir: PathLike, annotation_files: PathLike | Sequence[PathLike]
+        self,
+        image_dir: PathLike,
+        annotation_files: PathLike | Sequence[PathLike],
+        *,
+        allow_outside_root: bool = False,
     ) -> None:
         if isinstance(annotation_files, str | os.PathLike):
             annotation_files = [annotation_files]
@@ -311,6 +328,11 @@ class CocoJson:
                 f"no images listed in {', '.join(map(str, self.annotation_files))}; "
                 "expected a COCO-format 'images' list"
             )
+        self.allow_outside_root = bool(allow_outside_root)
+        if not self.allow_outside_root:
+            for image_key, (file_name, _, _, path) in images.items():
+                what = f"{path}: image {image_key} file_name"
+                _check_inside(self.image_dir, self.image_dir, file_name, what)
         kept = {
             cat_id: value
             for cat_id, value in categories.items()
@@ -346,6 +368,7 @@ class CocoJson:
                         f"{path}: annotation {ann.get('id')} refers to image_id "
                         f"{ann.get('image_id')!r}, which that file does not list"
                     )
+                _check_polygons(ann, path)
 
         self._image_keys = tuple(sorted(images))
         self._images = images
@@ -354,11 +377,12 @@ class CocoJson:
     @property
     def spec(self) -> dict[str, Any]:
         """``{"kind": "coco-json", "image_dir": ..., "annotation_files": [...]}``."""
-        return {
+        spec = {
             "kind": "coco-json",
             "image_dir": str(self.image_dir),
             "annotation_files": [str(p) for p in self.annotation_files],
         }
+        return spec | ({"allow_outside_root": True} if self.allow_outside_root else {})
 
     def __len__(self) -> int:
         return len(self._image_keys)
@@ -411,6 +435,36 @@ class CocoJson:
         for *_, category, mask in sorted(layers, key=lambda layer: layer[:4]):
             label[mask] = self._train_id[category]
         return label
+
+
+def _check_inside(root: Path, folder: Path, relative: str, what: str) -> None:
+    """Refuse a path from a dataset's own files that leads outside its (absolute) ``root``.
+
+    ``relative`` is joined to ``folder`` as the reader joins it (an absolute one replaces
+    ``folder``). Lexical, so a dataset whose folders are symbolic links elsewhere still reads.
+    """
+    joined = os.path.normpath(os.path.join(folder, relative))
+    if os.path.commonpath([root, joined]) != str(root):
+        raise DatasetError(
+            f"{what} {relative!r} points outside {root}; refusing to read it. If the dataset "
+            "really keeps its files there, pass allow_outside_root=True "
+            "(misical prepare: --allow-outside-root)."
+        )
+
+
+def _check_polygons(ann: dict[str, Any], path: Path) -> None:
+    """Refuse polygons pycocotools would drop silently (odd length, fewer than 3 points)."""
+    segmentation = ann.get("segmentation")
+    if not isinstance(segmentation, list):
+        return  # RLE, checked when decoded
+    # Lengths only: a million annotations must stay cheap to check, and pycocotools itself
+    # rejects coordinates that are not numbers when the mask is decoded.
+    for polygon in segmentation:
+        if not (isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0):
+            raise DatasetError(
+                f"{path}: annotation {ann.get('id')} has polygon {polygon!r:.80}; a polygon is "
+                "a list of at least 3 x, y pairs (an even count of at least 6 numbers)"
+            )
 
 
 def _require_dir(path: Path, what: str, layout: str) -> None:

@@ -108,7 +108,7 @@ def mc_patch_features(
     num_classes = mean_p.shape[1]
     ys, xs = grid.edges(*mean_p.shape[-2:])
     # Positional names only: the layout's columns are the same for any class names.
-    layout = FeatureLayout.of(range(num_classes))
+    layout = FeatureLayout.positional(num_classes)
     presence, class_bald_columns = layout.presence, layout.class_bald
     out = torch.empty((x.shape[0], grid.num_patches, layout.num_columns), device=x.device)
     for index in range(grid.num_patches):

@@ -8,19 +8,24 @@ from __future__ import annotations
 from misical_gym.segmenter.model import SmallUNet
 from misical_gym.segmenter.training import (
     CLASS_WEIGHTINGS,
+    SEGMENTER_ARCHITECTURES,
     TrainConfig,
     class_weights,
     confusion_matrix,
     iou_from_confusion,
     load_segmenter,
     predict_labels,
+    register_segmenter,
     save_segmenter,
     segment_iou,
     train_segmenter,
 )
 
+register_segmenter(SmallUNet)
+
 __all__ = [
     "CLASS_WEIGHTINGS",
+    "SEGMENTER_ARCHITECTURES",
     "SmallUNet",
     "TrainConfig",
     "class_weights",
@@ -28,6 +33,7 @@ __all__ = [
     "iou_from_confusion",
     "load_segmenter",
     "predict_labels",
+    "register_segmenter",
     "save_segmenter",
     "segment_iou",
     "train_segmenter",

@@ -84,8 +84,9 @@ def masked_label(label: np.ndarray, boxes: np.ndarray | Sequence[Sequence[int]])
 def check_retrainable(store: FeatureStore) -> None:
     """Raise a :class:`StoreError` unless ``store`` can be retrained on (images and checkpoint).
 
-    Reads one image, so a dataset that moved since ``prepare`` is reported here, not halfway
-    through an evaluation.
+    Reads one image and builds the checkpoint's segmenter, so a dataset that moved since
+    ``prepare``, or a checkpoint that names an unknown architecture, is reported here, not
+    halfway through an evaluation.
     """
     what = f"retraining on acquired patches needs the images and labels of store {store.path}"
     if not store.can_reach_images:
@@ -96,6 +97,7 @@ def check_retrainable(store: FeatureStore) -> None:
     checkpoint = store.segmenter_checkpoint
     if checkpoint is None or not checkpoint.is_file():
         raise StoreError(f"{what} and its segmenter checkpoint, but the store has none")
+    load_segmenter(checkpoint)
     _load(store, int(store.patches[0, 0]))
 
 

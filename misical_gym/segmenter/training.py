@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from misical_gym.atomic import atomic_path
 from misical_gym.data.classes import IGNORE_INDEX
+from misical_gym.errors import StoreError
 from misical_gym.runtime import resolve_device
 
 CLASS_WEIGHTINGS: tuple[str, ...] = ("sqrt", "inverse", "none")
@@ -242,13 +243,59 @@ def save_segmenter(model: nn.Module, path: str | os.PathLike[str]) -> None:
         torch.save(state, tmp)
 
 
+SEGMENTER_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
+"""The segmenters a checkpoint may name, by the ``module:qualname`` :func:`save_segmenter`
+records. A checkpoint is data: it may pick one of these, never have a module imported."""
+
+
+def register_segmenter(cls: type[nn.Module]) -> type[nn.Module]:
+    """Allow checkpoints to build ``cls`` (your own segmenter class; its code will run).
+
+    The package's own :class:`~misical_gym.segmenter.SmallUNet` is registered already. Call
+    this, in your own code, before loading a checkpoint of your class (``prepare(model=...)``
+    calls it for the model it is given). Usable as a class decorator.
+    """
+    SEGMENTER_ARCHITECTURES[f"{cls.__module__}:{cls.__qualname__}"] = cls
+    return cls
+
+
 def load_segmenter(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a segmenter saved by :func:`save_segmenter`, in eval mode."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    module_name, _, qualname = state["class"].partition(":")
-    factory: Callable[..., nn.Module] = getattr(importlib.import_module(module_name), qualname)
-    model = factory(**state["config"])
-    model.load_state_dict(state["state_dict"])
+    """Rebuild a segmenter saved by :func:`save_segmenter`, in eval mode.
+
+    The checkpoint is read with ``weights_only=True`` and may only name a class of
+    :data:`SEGMENTER_ARCHITECTURES`: a checkpoint naming anything else (``os:system``, say) is
+    refused, so loading one runs no code from it.
+
+    Raises:
+        StoreError: the checkpoint is not one :func:`save_segmenter` writes, or names a class
+            that is not registered.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise StoreError(f"{path}: not a segmenter checkpoint ({exc})") from exc
+    if not (
+        isinstance(state, dict)
+        and isinstance(state.get("class"), str)
+        and isinstance(state.get("config"), dict)
+        and all(isinstance(k, str) for k in state["config"])
+        and isinstance(state.get("state_dict"), dict)
+    ):
+        raise StoreError(f"{path}: not a segmenter checkpoint (class, config and state_dict)")
+    factory = SEGMENTER_ARCHITECTURES.get(state["class"])
+    if factory is None:
+        raise StoreError(
+            f"{path}: the checkpoint names segmenter class {state['class']!r:.100}, which is not "
+            f"a known architecture ({', '.join(SEGMENTER_ARCHITECTURES)}); refusing to import "
+            "it. If it is your own class, call misical_gym.segmenter.register_segmenter(YourClass) "
+            "in your code first: that runs your code, so do it only for checkpoints you trust."
+        )
+    try:
+        model = factory(**state["config"])
+        model.load_state_dict(state["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise StoreError(f"{path}: the checkpoint does not fit {state['class']}: {exc}") from exc
     return model.to(resolve_device(device)).eval()
 
 

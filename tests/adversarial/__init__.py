@@ -1,0 +1,1 @@
+"""Probes of issue 17, "trust nothing from disk": one test module per item."""

@@ -48,9 +48,8 @@ def test_train_run_directories_stay_inside_logdir(hostile_store, tmp_path) -> No
     argv += ["--env-kwargs", f"root={hostile_store.path}", "budget=4"]
     argv += ["--target", "0", "--steps", "8", "--logdir", str(logdir), "--eval-episodes", "1"]
     assert main(argv) == 0
-    (summary,) = logdir.rglob("summary.json")
+    (summary,) = logdir.rglob("summary.json")  # the old code wrote it four levels up
     assert logdir.resolve() in summary.resolve().parents
-    assert not (tmp_path.parent.parent / "escape").exists()
 
 
 def test_another_budget_or_store_on_the_same_out_runs_again(tiny_store, tmp_path) -> None:
