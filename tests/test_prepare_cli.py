@@ -206,6 +206,21 @@ def test_rgb_array_outlines_the_chosen_patch(tiny_synthetic) -> None:
     np.testing.assert_array_equal(frame[inside], image[inside])
 
 
+def test_vector_rgb_array_gives_the_single_envs_frames(tiny_synthetic) -> None:
+    kwargs = {"root": str(tiny_synthetic.path), "render_mode": "rgb_array"}
+    vec = gym.make_vec(
+        "MiSiCAL-Store", num_envs=2, vectorization_mode="vector_entry_point", **kwargs
+    )
+    single = gym.make("MiSiCAL-Store", **kwargs)
+    vec.reset(seed=0)
+    single.reset(seed=0)
+    vec.step(np.array([3, 1]))
+    single.step(3)
+    frames = vec.render()
+    assert len(frames) == 2
+    np.testing.assert_array_equal(frames[0], single.render())
+
+
 def test_synthetic_id_prepares_its_store_on_first_use(misical_home, monkeypatch, capfd) -> None:
     import misical_gym.prepare
 
