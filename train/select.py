@@ -117,12 +117,13 @@ def select_patches(
         env = make_env(target_onehot=True)
     obs, info = env.reset(seed=seed)
     picks: list[dict[str, Any]] = []
-    terminated = False
-    while not terminated:
+    done = False
+    while not done:  # truncated: a budget above the pool took every patch
         mask = info["action_mask"].astype(bool)
         scores = np.where(mask, candidate_scores(model, obs, env), -np.inf)
         action = int(np.argmax(scores))
-        obs, _, terminated, _, info = env.step(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
         if info["patch_id"] >= 0:
             picks.append({"patch_id": int(info["patch_id"]), "score": float(scores[action])})
     s = env.unwrapped.store
