@@ -10,8 +10,6 @@ from importlib import resources
 
 import pytest
 
-pytest.importorskip("rl_zoo3")
-
 ZOO_ALGOS = ("dqn", "qrdqn", "ppo", "a2c")
 # Few steps and small buffers, so a run takes seconds: rl-zoo3's --hyperparams overrides.
 FAST = {
