@@ -43,12 +43,11 @@ def test_rl_zoo3_reads_the_packaged_files(algo, env_id, tmp_path) -> None:
     assert set(hyperparams) <= set(inspect.signature(ALGOS[algo].__init__).parameters)
 
 
-# One real run (about 8 s) in the default suite; the others are slow. Loading an n-step model
-# back makes SB3 warn that n_steps is ignored; the buffer it saved is n-step.
+# About 9 s each (the README's rl-zoo3 example runs DQN in the default suite). Loading an
+# n-step model back makes SB3 warn that n_steps is ignored; the buffer it saved is n-step.
+@pytest.mark.slow
 @pytest.mark.filterwarnings(r"ignore:`n_steps=\d+` is ignored:UserWarning")
-@pytest.mark.parametrize(
-    "algo", [a if a == "dqn" else pytest.param(a, marks=pytest.mark.slow) for a in ZOO_ALGOS]
-)
+@pytest.mark.parametrize("algo", ZOO_ALGOS)
 def test_rl_zoo3_trains_with_the_packaged_file(algo, tiny_store, tmp_path) -> None:
     argv = [
         *("--algo", algo, "--env", "MiSiCAL-Store", "--gym-packages", "misical_gym"),
