@@ -52,10 +52,11 @@ def synthetic_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def run_blocks(blocks: list[str], home: Path, cwd: Path) -> dict:
+def run_python(argv: list[str], home: Path, cwd: Path, stdin: str = "") -> str:
+    """``python argv`` with ``$MISICAL_HOME`` at ``home``; its stdout, once it exits 0."""
     result = subprocess.run(
-        [sys.executable, "-c", RUNNER],
-        input=json.dumps(blocks),
+        [sys.executable, *argv],
+        input=stdin,
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -63,7 +64,7 @@ def run_blocks(blocks: list[str], home: Path, cwd: Path) -> dict:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return result.stdout
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,8 @@ def test_python_examples_run(client, synthetic_home, tmp_path) -> None:
     else:
         (block,) = [b for b in blocks if client in b]
         chosen = [block]
-    report = run_blocks(chosen, synthetic_home, tmp_path)
+    stdout = run_python(["-c", RUNNER], synthetic_home, tmp_path, stdin=json.dumps(chosen))
+    report = json.loads(stdout.strip().splitlines()[-1])
     if client == "torchrl":
         assert report["rollout_steps"] == 100  # masked random actions, on through resets
 
@@ -89,14 +91,6 @@ def test_rl_zoo3_example_runs(synthetic_home, tmp_path) -> None:
     # Shorter: the last value of a repeated flag wins in argparse.
     fast = ["-n", "100", "--eval-freq", "50", "--eval-episodes", "2", "--num-threads", "1"]
     fast += ["-f", str(tmp_path / "logs"), "--hyperparams", "learning_starts:20", "buffer_size:500"]
-    result = subprocess.run(
-        [sys.executable, *argv[1:], *fast],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "MISICAL_HOME": str(synthetic_home)},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_python([*argv[1:], *fast], synthetic_home, ROOT)
     (evaluations,) = (tmp_path / "logs" / "dqn").rglob("evaluations.npz")
     assert np.load(evaluations)["results"].shape == (2, 2)  # 2 evaluations of 2 pool episodes
