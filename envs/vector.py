@@ -95,7 +95,9 @@ class MiSiCALVectorEnv(VectorEnv):
         self._counts = self.store.counts
         n, k = num_envs, self.pool_size
         self._rows = np.arange(n)
-        self._rngs: list[np.random.Generator | None] = [None] * n
+        # Seeded from entropy until a reset seeds them, as Env.np_random is.
+        self._rngs = [seeding.np_random()[0] for _ in range(n)]
+        self._uniforms = np.empty((n, k))  # one row per env: its generator's draws
         # Every row stays a permutation of the split: removal swaps the chosen patch with the
         # last remaining one, and a reset puts back the positions it touched (logged in
         # _touched, two per pick, 0 where unused: position 0 put back is harmless), which
@@ -141,8 +143,8 @@ class MiSiCALVectorEnv(VectorEnv):
                 )
         options = options or {}
         mask = np.asarray(options.get("reset_mask", np.ones(self.num_envs, dtype=bool)), dtype=bool)
-        for e in np.flatnonzero(mask):
-            if seeds[e] is not None or self._rngs[e] is None:
+        for e in np.flatnonzero(mask).tolist():
+            if seeds[e] is not None:
                 self._rngs[e] = seeding.np_random(seeds[e])[0]
         self._reset_envs(mask)
         self._autoreset[mask] = False
@@ -242,7 +244,7 @@ class MiSiCALVectorEnv(VectorEnv):
         self._touched[idx] = 0
         if self.fixed_target is None:
             # Each env's own generator, in the single env's order: target first, then candidates.
-            self._target[idx] = [self._rng(e).choice(self.random_targets) for e in idx]
+            self._target[idx] = [self._rngs[e].choice(self.random_targets) for e in idx.tolist()]
         else:
             self._target[idx] = self.fixed_target
         self._num_remaining[idx] = self.split_ids.size
@@ -251,12 +253,6 @@ class MiSiCALVectorEnv(VectorEnv):
         self._target_pixels_total[idx] = 0
         self._last_patch[idx] = -1
         self._draw_candidates(mask)
-
-    def _rng(self, e: int) -> np.random.Generator:
-        rng = self._rngs[e]
-        if rng is None:  # stepped before any reset: seed from entropy, as Env.np_random does
-            rng = self._rngs[e] = seeding.np_random()[0]
-        return rng
 
     def _draw_candidates(self, mask: np.ndarray) -> None:
         """Draw K distinct positions per episode among its remaining patches.
@@ -272,16 +268,19 @@ class MiSiCALVectorEnv(VectorEnv):
         for _ in range(3):
             if pending.size == 0:
                 break
-            uniforms = np.stack([self._rng(e).random(k) for e in pending])
+            uniforms = self._uniforms[: pending.size]
+            # The only loop over envs: one generator call each (into a preallocated row).
+            for i, e in enumerate(pending.tolist()):
+                self._rngs[e].random(out=uniforms[i])
             # Truncation is floor here: both factors are non-negative.
             positions = (uniforms * self._num_remaining[pending, None]).astype(np.int64)
             ordered = np.sort(positions, axis=1)
             ok = (ordered[:, 1:] != ordered[:, :-1]).all(axis=1)
             self._positions[pending[ok]] = positions[ok]
             pending = pending[~ok]
-        for e in [*pending, *rows[self._num_remaining[rows] < k]]:
+        for e in [*pending.tolist(), *rows[self._num_remaining[rows] < k].tolist()]:
             n = int(self._num_remaining[e])
-            drawn = self._rng(e).choice(n, size=min(k, n), replace=False)
+            drawn = self._rngs[e].choice(n, size=min(k, n), replace=False)
             self._positions[e, : drawn.size] = drawn
             self._positions[e, drawn.size :] = -1
         slots = self._positions[rows]
