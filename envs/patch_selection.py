@@ -40,8 +40,11 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
     ## Action Space
 
     ``Discrete(pool_size)``: the index of the candidate to annotate. When fewer than ``pool_size``
-    patches remain, the empty slots are masked (``info["action_mask"]``, :meth:`action_masks`);
-    picking one is a no-op worth 0 that still spends a unit of budget, and ``info`` says so.
+    patches remain, the empty slots are masked: ``info["action_mask"]`` is int8, as Gymnasium's
+    ``Discrete.sample(mask=)`` takes, and :meth:`action_masks` the same mask as bool, for
+    indexing (``q[~mask]`` on the int8 one indexes instead of masking), MaskablePPO and TorchRL.
+    Picking a masked slot is a no-op worth 0 that still spends a unit of budget, and ``info``
+    says so.
 
     ## Observation Space
 

@@ -34,6 +34,9 @@ class MiSiCALVectorEnv(VectorEnv):
     env. Only those draws loop over the envs; the candidates' rows, rewards and removals are
     one NumPy call for the batch.
 
+    The action space is ``MultiDiscrete``: ``action_space.sample(mask=tuple(info["action_mask"]))``
+    samples valid slots (Gymnasium takes one mask per env, as a tuple).
+
     ``max_episode_steps`` (which ``make_vec`` passes on) truncates an episode after that many
     steps, as Gymnasium's ``TimeLimit`` does for a single env; ``render_mode`` (``"ansi"`` or
     ``"rgb_array"``) makes :meth:`render` return one frame per sub-environment.
