@@ -79,6 +79,7 @@ class SupervisedPolicy(RolloutLearner):
             nn.Linear(width, 1),
         ).to(self.device)
         self.fitted = False
+        self._fit_loss: float | None = None
         self._rows: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
 
@@ -144,6 +145,12 @@ class SupervisedPolicy(RolloutLearner):
                     break
         if best_state is not None:
             self.classifier.load_state_dict(best_state)
+            self._fit_loss = best
+
+    def _record_extra(self) -> None:
+        """``train/loss``: the class-balanced BCE of the kept classifier on its held-out fifth."""
+        if self._fit_loss is not None:
+            self.logger.record("train/loss", self._fit_loss)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 
 import misical_gym  # noqa: F401  (registers the environments)
 from misical_gym.data.classes import COCO_STUFF_CLASSES
+from misical_gym.store import FeatureStore
 from misical_gym.testing import write_random_store
 
 MAKE_PROBE = """
@@ -62,8 +63,6 @@ def gather_env_steps_per_second(root: Path, num_envs: int, steps: int, pool_size
     """The floor under any batched step: env-steps/s of only gathering ``pool_size`` random
     feature rows per env-step from the store's memory map, ``num_envs`` env-steps at a time
     (no sampling without replacement, no reward, no observation assembly)."""
-    from misical_gym.store import FeatureStore
-
     features = FeatureStore.open(root).features
     rng = np.random.default_rng(0)
     ids = rng.integers(0, features.shape[0], (steps, num_envs * pool_size))
@@ -89,6 +88,7 @@ def main() -> None:
                 root, num_images=10_000, class_names=COCO_STUFF_CLASSES, image_size=(480, 640)
             )
         store_bytes = sum(f.stat().st_size for f in Path(root).iterdir())
+        store_patches = FeatureStore.open(root).num_patches
         probe = subprocess.run(
             [sys.executable, "-c", MAKE_PROBE, str(root)],
             capture_output=True,
@@ -128,7 +128,7 @@ def main() -> None:
         )
 
     report = {
-        "store": {"patches": 160_000 if args.store is None else None, "bytes": store_bytes},
+        "store": {"patches": store_patches, "bytes": store_bytes},
         "pool_size": 32,
         "misical_steps_per_s": round(misical_sps),
         "cartpole_steps_per_s": round(cartpole_sps),

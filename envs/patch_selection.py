@@ -41,8 +41,11 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
     ## Action Space
 
     ``Discrete(pool_size)``: the index of the candidate to annotate. When fewer than ``pool_size``
-    patches remain, the empty slots are masked (``info["action_mask"]``, :meth:`action_masks`);
-    picking one is a no-op worth 0 that still spends a unit of budget, and ``info`` says so.
+    patches remain, the empty slots are masked: ``info["action_mask"]`` is int8, as Gymnasium's
+    ``Discrete.sample(mask=)`` takes, and :meth:`action_masks` the same mask as bool, for
+    indexing (``q[~mask]`` on the int8 one indexes instead of masking), MaskablePPO and TorchRL.
+    Picking a masked slot is a no-op worth 0 that still spends a unit of budget, and ``info``
+    says so.
 
     ## Observation Space
 
@@ -69,7 +72,11 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
     ## Episode End
 
     ``terminated`` once ``budget`` patches have been picked: the budget is part of the task.
-    The environment never truncates on its own.
+    ``truncated`` when the split runs out of patches before the budget is spent (a ``budget``
+    above the split's patch count): the data ran out, the task did not end, so a learner should
+    bootstrap from the last observation. ``info["out_of_patches"]`` is True on that step, and
+    its observation has every slot empty and masked. Otherwise the environment never truncates
+    on its own (``gym.make(..., max_episode_steps=N)`` adds Gymnasium's time limit).
 
     ## Arguments
 
@@ -200,13 +207,16 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         self._last_patch = -1
         self._mask = np.ones(self.pool_size, dtype=np.int8)
         self._draw_candidates()
-        return self._observation(), self._info(patch_id=-1, target_pixels=0, masked=False)
+        info = self._info(patch_id=-1, target_pixels=0, masked=False, out_of_patches=False)
+        return self._observation(), info
 
     def step(
         self, action: np.int64 | int
     ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        if self._budget_left <= 0:
-            raise RuntimeError("the episode is over (budget spent): call reset() first")
+        if self._budget_left <= 0 or self._num_remaining == 0:
+            raise RuntimeError(
+                "the episode is over (budget spent or no patch left): call reset() first"
+            )
         a = int(action)
         if not 0 <= a < self.pool_size or a != action:
             raise ValueError(f"action {action!r} is outside Discrete({self.pool_size})")
@@ -225,9 +235,13 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         self._target_pixels_total += pixels
         self._last_patch = patch_id
         terminated = self._budget_left == 0
+        # No candidate left with budget to spend: the data ran out, not the task (see Episode End).
+        truncated = not terminated and self._num_remaining == 0
         self._draw_candidates()
-        info = self._info(patch_id=patch_id, target_pixels=pixels, masked=masked)
-        return self._observation(), reward, terminated, False, info
+        info = self._info(
+            patch_id=patch_id, target_pixels=pixels, masked=masked, out_of_patches=truncated
+        )
+        return self._observation(), reward, terminated, truncated, info
 
     def render(self) -> str | np.ndarray | None:
         if self.render_mode == "ansi":
@@ -311,7 +325,9 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
             may_have_empty=self._num_remaining < self.pool_size,
         )
 
-    def _info(self, *, patch_id: int, target_pixels: int, masked: bool) -> dict[str, Any]:
+    def _info(
+        self, *, patch_id: int, target_pixels: int, masked: bool, out_of_patches: bool
+    ) -> dict[str, Any]:
         return {
             "action_mask": self._mask.copy(),
             "candidate_ids": self._candidates.copy(),
@@ -320,31 +336,64 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
             "target_pixels": target_pixels,
             "masked_action": masked,
             "budget_left": self._budget_left,
+            "out_of_patches": out_of_patches,
         }
 
     def _render_patch(self) -> np.ndarray:
-        """The last chosen patch outlined in red in its image (the first candidate's before any
-        pick)."""
+        """The last chosen patch outlined (the first candidate before any pick)."""
         patch = self._last_patch if self._last_patch >= 0 else int(self._candidates[0])
-        from misical_gym.data import store_image
-
-        image = store_image(self.store, int(self.store.patches[patch, 0]))[0].copy()
-        y0, x0, y1, x1 = self.store.boxes([patch])[0]
-        red = np.array([255, 0, 0], dtype=np.uint8)
-        image[y0, x0:x1] = image[y1 - 1, x0:x1] = red
-        image[y0:y1, x0] = image[y0:y1, x1 - 1] = red
-        return image
+        return outline_patch(self.store, patch)
 
     def _render_text(self) -> str:
-        name = self.store.class_names[self.target] if self.target >= 0 else "-"
-        last = "none" if self._last_patch < 0 else f"patch {self._last_patch}"
-        return (
-            f"MiSiCAL[{self.store.path.name}/{self.split}] target={name!r} "
-            f"budget_left={self._budget_left}/{self.budget} "
-            f"target_pixels={self._target_pixels_total} last_pick={last} "
-            f"candidates={int(self._mask.sum())}/{self.pool_size} "
-            f"remaining={self._num_remaining}"
+        return describe_episode(
+            self.store,
+            self.split,
+            target=self.target,
+            budget_left=self._budget_left,
+            budget=self.budget,
+            target_pixels=self._target_pixels_total,
+            last_patch=self._last_patch,
+            live_candidates=int(self._mask.sum()),
+            pool_size=self.pool_size,
+            remaining=self._num_remaining,
         )
+
+
+def outline_patch(store: FeatureStore, patch: int) -> np.ndarray:
+    """``rgb_array`` frame: store patch ``patch`` outlined in red in its image."""
+    from misical_gym.data import store_image
+
+    image = store_image(store, int(store.patches[patch, 0]))[0].copy()
+    y0, x0, y1, x1 = store.boxes([patch])[0]
+    red = np.array([255, 0, 0], dtype=np.uint8)
+    image[y0, x0:x1] = image[y1 - 1, x0:x1] = red
+    image[y0:y1, x0] = image[y0:y1, x1 - 1] = red
+    return image
+
+
+def describe_episode(
+    store: FeatureStore,
+    split: str,
+    *,
+    target: int,
+    budget_left: int,
+    budget: int,
+    target_pixels: int,
+    last_patch: int,
+    live_candidates: int,
+    pool_size: int,
+    remaining: int,
+) -> str:
+    """``ansi`` frame: a one-line summary of an episode's state."""
+    name = store.class_names[target] if target >= 0 else "-"
+    last = "none" if last_patch < 0 else f"patch {last_patch}"
+    return (
+        f"MiSiCAL[{store.path.name}/{split}] target={name!r} "
+        f"budget_left={budget_left}/{budget} "
+        f"target_pixels={target_pixels} last_pick={last} "
+        f"candidates={live_candidates}/{pool_size} "
+        f"remaining={remaining}"
+    )
 
 
 def _check_positive_int(name: str, value: object) -> None:

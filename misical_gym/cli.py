@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at exit
+        return status
+    except BrokenPipeError:
+        # The reader left (`misical inspect STORE | head`): stop quietly, as CLI tools do on
+        # SIGPIPE. Python then flushes stdout again at exit: point it at devnull first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (MisicalError, ValueError, *_PATH_ERRORS) as exc:
         print(f"misical: error: {exc}", file=sys.stderr)
         return 2
@@ -176,16 +185,35 @@ def _run_prepare(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- inspect
 def _add_inspect(commands: Any) -> None:
     inspect = commands.add_parser(
-        "inspect", help="print a JSON summary of a feature store", description="Summarise a store."
+        "inspect",
+        help="print a JSON summary of a feature store, or where a default store is",
+        description="Summarise a store; --path NAME prints the directory of the default store "
+        "NAME ($MISICAL_HOME/NAME, else ~/.cache/misical/NAME), e.g. for --store.",
     )
-    inspect.add_argument("store", type=Path, help="store directory")
+    which = inspect.add_mutually_exclusive_group(required=True)
+    which.add_argument("store", type=Path, nargs="?", help="store directory")
+    which.add_argument(
+        "--path", metavar="NAME", help="print the default store NAME's path (e.g. synthetic)"
+    )
     inspect.set_defaults(run=_run_inspect)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from misical_gym.store import FeatureStore
+    from misical_gym.paths import default_store_path
+    from misical_gym.store import MANIFEST, FeatureStore
 
-    print(json.dumps(summarize(FeatureStore.open(args.store)), indent=1))
+    if args.path is None:
+        print(json.dumps(summarize(FeatureStore.open(args.store)), indent=1))
+        return 0
+    if Path(args.path).name != args.path or args.path in ("", ".", ".."):
+        raise ValueError(f"--path takes a store name such as synthetic, got {args.path!r}")
+    path = default_store_path(args.path)
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(
+            f"no prepared store called {args.path!r} at {path}: prepare it with "
+            "`misical prepare` (`misical prepare synthetic` for the synthetic world)"
+        )
+    print(path)
     return 0
 
 

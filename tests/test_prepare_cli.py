@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from misical_gym.errors import StoreError
 from misical_gym.prepare import PrepareConfig, prepare, prepare_synthetic
 from misical_gym.segmenter import SmallUNet
 from misical_gym.store import SPLITS, FeatureStore
+from misical_gym.testing import write_random_store
 
 TINY = ["--images", "40", "--epochs", "1", "--mc-samples", "2", "--init-fraction", "0.3"]
 
@@ -70,6 +72,37 @@ def test_inspect_prints_a_json_summary(tiny_synthetic, capsys) -> None:
     assert summary["patches"] == 640 and summary["rare_classes"] == ["skis", "fork", "surfboard"]
     assert set(summary["class_patch_frequency"]) == {"init", "pool", "test"}
     assert set(summary["segmenter_test_iou"]) == set(tiny_synthetic.class_names)
+
+
+def test_inspect_path_prints_the_default_store(misical_home, capsys) -> None:
+    write_random_store(misical_home / "synthetic", num_images=4)
+    assert main(["inspect", "--path", "synthetic"]) == 0
+    assert capsys.readouterr().out == f"{misical_home / 'synthetic'}\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [("coco10k", "no prepared store"), ("../x", "store name")]
+)
+def test_inspect_path_errors(misical_home, capsys, name, message) -> None:
+    assert main(["inspect", "--path", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("misical: error:") and message in err
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(tiny_synthetic) -> None:
+    # `misical inspect STORE | head`: the reader is gone before the summary is written.
+    read, write = os.pipe()
+    os.close(read)
+    result = subprocess.run(
+        [sys.executable, "-m", "misical_gym", "inspect", str(tiny_synthetic.path)],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    os.close(write)
+    assert result.returncode == 128 + signal.SIGPIPE
+    assert result.stderr == ""
 
 
 def test_prepare_resumes_after_training_with_identical_features(tmp_path, monkeypatch) -> None:
@@ -205,6 +238,21 @@ def test_rgb_array_outlines_the_chosen_patch(tiny_synthetic) -> None:
     assert (frame[y0, x0:x1] == [255, 0, 0]).all() and (frame[y1 - 1, x0:x1] == [255, 0, 0]).all()
     inside = (slice(y0 + 1, y1 - 1), slice(x0 + 1, x1 - 1))
     np.testing.assert_array_equal(frame[inside], image[inside])
+
+
+def test_vector_rgb_array_gives_the_single_envs_frames(tiny_synthetic) -> None:
+    kwargs = {"root": str(tiny_synthetic.path), "render_mode": "rgb_array"}
+    vec = gym.make_vec(
+        "MiSiCAL-Store", num_envs=2, vectorization_mode="vector_entry_point", **kwargs
+    )
+    single = gym.make("MiSiCAL-Store", **kwargs)
+    vec.reset(seed=0)
+    single.reset(seed=0)
+    vec.step(np.array([3, 1]))
+    single.step(3)
+    frames = vec.render()
+    assert len(frames) == 2
+    np.testing.assert_array_equal(frames[0], single.render())
 
 
 def test_synthetic_id_prepares_its_store_on_first_use(misical_home, monkeypatch, capfd) -> None:

@@ -8,6 +8,7 @@ algorithms, the heuristics and the supervised ablation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import warnings
 from importlib import resources
@@ -28,6 +29,11 @@ SB3_AGENTS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c", "maskable-ppo")
 HEURISTIC_AGENTS: tuple[str, ...] = ("random", "bald", "entropy", "presence", "oracle")
 AGENTS: tuple[str, ...] = ("ddqn", *SB3_AGENTS, "supervised", *HEURISTIC_AGENTS)
 """Every agent name; ``oracle`` reads the true counts and is for evaluation only."""
+EXPERIMENT_KEYS: tuple[str, ...] = ("n_timesteps", "env_kwargs")
+"""Keys of a hyperparameter entry that configure the run, not the agent, in rl-zoo3's names, so
+rl-zoo3 loads the packaged files as they are: ``n_timesteps`` (env steps) and ``env_kwargs``."""
+DEFAULT_TIMESTEPS = 10_000
+"""Env steps of a run whose entry has no ``n_timesteps`` (the heuristics have no file)."""
 
 
 def agent_class(name: str) -> Any:
@@ -37,7 +43,9 @@ def agent_class(name: str) -> Any:
         from misical_gym.agents.ddqn import DDQN
 
         return DDQN
-    if name in ("dqn", "ppo", "a2c"):
+    if name == "a2c":
+        return _a2c_logging_its_loss()
+    if name in ("dqn", "ppo"):
         import stable_baselines3
 
         return getattr(stable_baselines3, name.upper())
@@ -56,6 +64,26 @@ def agent_class(name: str) -> Any:
     from misical_gym.agents.heuristics import HeuristicPolicy
 
     return HeuristicPolicy
+
+
+@functools.cache
+def _a2c_logging_its_loss() -> type:
+    """SB3's A2C, also logging ``train/loss``: the loss it minimises (policy loss plus its
+    entropy and value terms), which SB3 logs only in parts while DQN and PPO log it whole."""
+    from stable_baselines3 import A2C
+
+    class LoggedA2C(A2C):  # type: ignore[misc]
+        def train(self) -> None:
+            super().train()
+            logged = self.logger.name_to_value
+            self.logger.record(
+                "train/loss",
+                logged["train/policy_loss"]
+                + self.ent_coef * logged["train/entropy_loss"]
+                + self.vf_coef * logged["train/value_loss"],
+            )
+
+    return LoggedA2C
 
 
 def check_agent(name: str) -> None:
@@ -115,6 +143,28 @@ def load_hyperparams(name: str, env_id: str, override_file: str | Path | None) -
         raise ValueError(f"hyperparameter file {path}: the entry for {env_id!r} is not a mapping")
     params.update(entry)
     return params
+
+
+def split_experiment(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An entry's agent hyperparameters and its :data:`EXPERIMENT_KEYS`, checked.
+
+    Returns:
+        The entry without the experiment keys, and ``{"n_timesteps": int, "env_kwargs": dict}``
+        (``DEFAULT_TIMESTEPS`` and ``{}`` where the entry has none).
+
+    Raises:
+        ValueError: ``n_timesteps`` is not a non-negative integer, or ``env_kwargs`` is not a
+            mapping of argument names.
+    """
+    agent = {k: v for k, v in params.items() if k not in EXPERIMENT_KEYS}
+    steps = params.get("n_timesteps", DEFAULT_TIMESTEPS)
+    # YAML writes 1e4 as a float: accept whole numbers.
+    if isinstance(steps, bool) or not isinstance(steps, int | float) or steps < 0 or steps % 1:
+        raise ValueError(f"n_timesteps must be a non-negative integer, got {steps!r}")
+    env_kwargs = params.get("env_kwargs") or {}
+    if not isinstance(env_kwargs, dict) or not all(isinstance(k, str) for k in env_kwargs):
+        raise ValueError(f"env_kwargs must map argument names to values, got {env_kwargs!r}")
+    return agent, {"n_timesteps": int(steps), "env_kwargs": dict(env_kwargs)}
 
 
 def valid_hyperparams(name: str) -> tuple[str, ...]:

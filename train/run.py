@@ -36,6 +36,7 @@ from misical_gym.train.agents import (
     check_hyperparams,
     load_hyperparams,
     make_agent,
+    split_experiment,
     valid_hyperparams,
 )
 
@@ -136,7 +137,11 @@ def run_training(
     if isinstance(eval_episodes, bool) or not isinstance(eval_episodes, int) or eval_episodes < 1:
         # 0 episodes would average nothing into NaN, which is not JSON.
         raise ValueError(f"--eval-episodes must be at least 1, got {eval_episodes!r}")
-    env_kwargs = dict(env_kwargs or {})
+    params = load_hyperparams(agent, env_id, hyperparams_file)
+    params.update(hyperparams or {})
+    # The files' run keys (rl-zoo3's n_timesteps, env_kwargs) are defaults under the arguments.
+    params, experiment = split_experiment(params)
+    env_kwargs = {**experiment["env_kwargs"], **(env_kwargs or {})}
     for name, value in (
         ("steps", steps),
         ("pretrain_steps", pretrain_steps),
@@ -149,12 +154,11 @@ def run_training(
             raise ValueError("give either --steps or --pretrain-steps/--online-steps, not both")
         phases = [("init", pretrain_steps or 0), ("pool", online_steps or 0)]
     else:
-        phases = [(env_kwargs.pop("split", "init"), 10_000 if steps is None else steps)]
+        total = experiment["n_timesteps"] if steps is None else steps
+        phases = [(env_kwargs.pop("split", "init"), total)]
     env_kwargs.pop("split", None)
     phases = [(split, n) for split, n in phases if n > 0] or [(phases[0][0], 0)]
 
-    params = load_hyperparams(agent, env_id, hyperparams_file)
-    params.update(hyperparams or {})
     env = make_misical_env(env_id, phases[0][0], target, env_kwargs)
     run_dir = Path(logdir) / env_id / target_label(env) / f"{agent}_{seed}"
     if run_dir.exists() and not overwrite:
@@ -294,7 +298,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--env-kwargs", nargs="*", default=[], metavar="K=V", help="env arguments, e.g. budget=32"
     )
     parser.add_argument("--target", help="target class name or index (default: the env's)")
-    parser.add_argument("--steps", type=int, help="env steps on the env's split (10000)")
+    parser.add_argument(
+        "--steps", type=int, help="env steps on the env's split (the file's n_timesteps)"
+    )
     parser.add_argument("--pretrain-steps", type=int, help="env steps on split init first")
     parser.add_argument("--online-steps", type=int, help="then env steps on split pool")
     parser.add_argument("--seed", type=int, default=0)

@@ -311,3 +311,33 @@ def test_init_split_default_and_pool_split(tiny_store) -> None:
     env = make(tiny_store, split="pool", budget=3)
     _, info = env.reset(seed=0)
     assert set(info["candidate_ids"].tolist()) <= set(tiny_store.split_ids("pool").tolist())
+
+
+def test_running_out_of_patches_truncates(tiny_store) -> None:
+    patches = tiny_store.split_ids("init").size
+    env = make(tiny_store, budget=patches + 5, pool_size=8)
+    obs, info = env.reset(seed=0)
+    assert info["out_of_patches"] is False
+    taken = set()
+    for step in range(patches):
+        action = int(np.flatnonzero(info["action_mask"])[0])
+        obs, reward, terminated, truncated, info = env.step(action)
+        taken.add(info["patch_id"])
+        assert terminated is False
+        assert truncated is info["out_of_patches"] is (step == patches - 1)
+    # Every patch was taken once, budget is left, and nothing can be picked any more.
+    assert taken == set(tiny_store.split_ids("init").tolist())
+    assert info["budget_left"] == 5
+    assert not info["action_mask"].any() and not env.unwrapped.action_masks().any()
+    assert not obs.any()
+    with pytest.raises(RuntimeError, match="no patch left"):
+        env.unwrapped.step(0)
+
+
+def test_budget_equal_to_the_split_terminates(tiny_store) -> None:
+    patches = tiny_store.split_ids("init").size
+    env = make(tiny_store, budget=patches, pool_size=8)
+    _, info = env.reset(seed=0)
+    for _ in range(patches):
+        _, _, terminated, truncated, info = env.step(int(np.flatnonzero(info["action_mask"])[0]))
+    assert terminated and not truncated and not info["out_of_patches"]

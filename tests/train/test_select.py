@@ -26,6 +26,12 @@ def test_picks_are_distinct_pool_patches_with_boxes(tiny_store) -> None:
     np.testing.assert_allclose([p["score"] for p in selection["picks"]], presence, rtol=1e-6)
 
 
+def test_a_budget_above_the_pool_picks_every_pool_patch(tiny_store) -> None:
+    pool = tiny_store.split_ids("pool")
+    selection = select_patches(tiny_store.path, "random", "class3", pool.size + 10, pool_size=8)
+    assert sorted(p["patch_id"] for p in selection["picks"]) == sorted(pool.tolist())
+
+
 @pytest.mark.parametrize("fmt", ["json", "csv", "coco"])
 def test_same_seed_same_file(tiny_store, tmp_path, fmt) -> None:
     outputs = []

@@ -15,7 +15,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from misical_gym.cli import main
 from misical_gym.train import AGENTS, load_agent, make_agent, run_training
-from misical_gym.train.agents import HEURISTIC_AGENTS, check_hyperparams, default_hyperparams
+from misical_gym.train.agents import (
+    HEURISTIC_AGENTS,
+    check_hyperparams,
+    default_hyperparams,
+    split_experiment,
+)
 
 torch.set_num_threads(1)
 FAST = {
@@ -39,8 +44,10 @@ EXTRA_KEYS = {
     "qrdqn": {"train/loss", "rollout/exploration_rate"},
     "ppo": {"train/loss"},
     "maskable-ppo": {"train/loss"},
-    "a2c": {"train/policy_loss"},
+    "a2c": {"train/loss", "train/policy_loss"},
+    "supervised": {"train/loss"},
 }
+"""Heuristics learn nothing: they log the common keys and no ``train/loss``."""
 
 
 def env_kwargs(store) -> dict:
@@ -73,6 +80,19 @@ def test_every_agent_trains_logs_and_summarises(agent, tiny_store, tmp_path) -> 
     assert run_dir == tmp_path / "MiSiCAL-Store" / "class3" / f"{agent}_0"
     tags = set(scalars(run_dir).Tags()["scalars"])
     assert COMMON_KEYS | EXTRA_KEYS.get(agent, set()) <= tags, sorted(tags)
+    assert ("train/loss" in tags) == (agent not in HEURISTIC_AGENTS)
+    if agent == "a2c":  # the whole loss A2C minimises, from the parts SB3 logs
+        a2c = load_agent("a2c", run_dir / "model.zip", None, "cpu").model
+        parts = {
+            k: scalars(run_dir).Scalars(f"train/{k}")[-1].value
+            for k in ("policy_loss", "entropy_loss", "value_loss")
+        }
+        whole = (
+            parts["policy_loss"]
+            + a2c.ent_coef * parts["entropy_loss"]
+            + a2c.vf_coef * parts["value_loss"]
+        )
+        assert scalars(run_dir).Scalars("train/loss")[-1].value == pytest.approx(whole, rel=1e-5)
     # Both phases are one curve: its last point is past the pretraining steps.
     assert max(e.step for e in scalars(run_dir).Scalars("rollout/ep_rew_mean")) > 240
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -168,7 +188,41 @@ def test_packaged_hyperparameters_cover_both_envs_with_valid_keys(agent) -> None
     for env_id in ("MiSiCAL-Synthetic", "MiSiCAL-COCO10k", "MiSiCAL-Store"):
         params = default_hyperparams(agent, env_id)
         assert bool(params) == learns, (agent, env_id)
-        check_hyperparams(agent, params)
+        agent_params, experiment = split_experiment(params)
+        check_hyperparams(agent, agent_params)
+        assert experiment["n_timesteps"] == 10_000  # every learner, as rl-zoo3 needs
+
+
+def test_run_keys_of_a_file_are_defaults_under_the_arguments(tiny_store, tmp_path) -> None:
+    file = tmp_path / "dqn.yml"
+    entry = {"n_timesteps": 40, "env_kwargs": {"budget": 4, "pool_size": 6}, **FAST["dqn"]}
+    file.write_text(yaml.safe_dump({"MiSiCAL-Store": entry}))
+    run_dir = run_training(
+        "dqn",
+        "MiSiCAL-Store",
+        env_kwargs={"root": str(tiny_store.path), "pool_size": 8},
+        hyperparams_file=file,
+        logdir=tmp_path / "runs",
+        eval_episodes=1,
+        progress=False,
+    ).run_dir
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["phases"] == [{"split": "init", "steps": 40}]
+    assert config["env_kwargs"] == {"budget": 4, "pool_size": 8, "root": str(tiny_store.path)}
+    assert "n_timesteps" not in config["hyperparams"] and "env_kwargs" not in config["hyperparams"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"n_timesteps": -1}, "n_timesteps"),
+        ({"n_timesteps": 2.5}, "n_timesteps"),
+        ({"env_kwargs": [1]}, "env_kwargs"),
+    ],
+)
+def test_bad_run_keys_are_clear_errors(entry, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        split_experiment(entry)
 
 
 def test_maskable_ppo_learns_with_the_envs_masks(tiny_store) -> None:
