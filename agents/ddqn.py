@@ -593,6 +593,7 @@ class DDQN(Learner):
             "optimizer": self.optimizer.state_dict(),
             "training_state": asdict(self.state),
             "per_beta": self._per_beta,
+            "train_stats": dict(self._train_stats),  # since the last log write
             "rng": self._rng.bit_generator.state,
             "env_rng": env_rng,
             "compact_probe": _to_tensors(self._compact_probe),
@@ -644,6 +645,7 @@ class DDQN(Learner):
         model.optimizer.load_state_dict(state["optimizer"])
         model.state = TrainingState(**state["training_state"])
         model._per_beta = state["per_beta"]
+        model._train_stats = dict(state["train_stats"])
         model._rng.bit_generator.state = state["rng"]
         model._compact_probe = _to_arrays(state["compact_probe"])
         for key in EPISODE_KEYS:
@@ -658,6 +660,11 @@ class DDQN(Learner):
                 bit_generator.state = state["env_rng"]
                 model.env.unwrapped.np_random = np.random.Generator(bit_generator)
         return model
+
+    @staticmethod
+    def checkpoint_timesteps(path: str | os.PathLike[str]) -> int:
+        """The env steps a checkpoint written by :meth:`save` had taken."""
+        return int(_read_checkpoint(Path(path))["training_state"]["num_timesteps"])
 
     def save_replay_buffer(self, path: str | os.PathLike[str]) -> None:
         """Write the replay buffer alone, atomically (SB3's

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import itertools
 import json
 import shlex
 import shutil
@@ -27,18 +28,25 @@ import yaml
 
 import misical_gym
 from misical_gym.agents.policy import Agent, CandidatePolicy, play_episode
-from misical_gym.atomic import atomic_write_text
+from misical_gym.atomic import atomic_path, atomic_write_text
 from misical_gym.paths import safe_name
 from misical_gym.train.agents import (
     AGENTS,
     SB3_AGENTS,
     check_agent,
     check_hyperparams,
+    load_agent,
     load_hyperparams,
     make_agent,
     split_experiment,
     valid_hyperparams,
 )
+
+CHECKPOINT = "checkpoint.zip"
+"""The DDQN's resumable checkpoint inside a run directory (replay and random states included)."""
+DEFAULT_CHECKPOINT_EVERY = 5_000
+"""Env steps between a DDQN run's checkpoints: each holds the replay (tens of MB at the default
+buffer), and the DDQN takes about a minute or two for this many steps on two CPU cores."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,7 @@ def run_training(
     overwrite: bool = False,
     progress: bool = True,
     threads: int | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
 ) -> TrainingRun:
     """Train (or roll out) ``agent`` and write its run directory; returns it and the model.
 
@@ -128,8 +137,17 @@ def run_training(
     one run and one TensorBoard curve. ``threads`` caps torch's CPU threads for the run (default:
     half the cores, like the segmenter: on a busy 2-core machine a 4,000-step DDQN run took
     7 minutes with torch's default of 2 threads, and a 2,000-step one 35 s with 1).
+
+    A run killed before it finished resumes when started again with the same arguments: the
+    DDQN from its last checkpoint (every ``checkpoint_every`` env steps, at an episode end,
+    replay and random states included), to the same weights, summary and TensorBoard curve
+    as a run that was never stopped; the other agents, whose runs are short, from the start,
+    which gives the same result as they are seeded. A finished run, or one made with other
+    arguments, is replaced only with ``overwrite``.
     """
     check_agent(agent)
+    if checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be non-negative, got {checkpoint_every}")
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -161,27 +179,6 @@ def run_training(
 
     env = make_misical_env(env_id, phases[0][0], target, env_kwargs)
     run_dir = Path(logdir) / env_id / target_label(env) / f"{agent}_{seed}"
-    if run_dir.exists() and not overwrite:
-        raise FileExistsError(f"run {run_dir} exists; pass --overwrite to replace it")
-    common = {"seed": seed, "tensorboard_log": str(run_dir), "device": device, "verbose": 0}
-    valid = valid_hyperparams(agent)
-    if "device" in valid:
-        from misical_gym.runtime import resolve_device
-
-        resolve_device(device)  # a clear error for cuda without a GPU, before any work
-    # Built before the run directory exists, so a bad hyperparameter leaves nothing behind.
-    # SB3 fills policy_kwargs in place: give it a copy, keep ``params`` as the config says.
-    check_hyperparams(agent, params)
-    try:
-        model = make_agent(
-            agent, env, **{k: v for k, v in common.items() if k in valid}, **copy.deepcopy(params)
-        )
-    except (TypeError, ValueError, AssertionError) as exc:  # SB3 checks arguments with asserts
-        raise ValueError(f"agent {agent!r} rejected its hyperparameters {params}: {exc}") from exc
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-
     store = env.unwrapped.store
     fixed = env.unwrapped.fixed_target
     config = {
@@ -197,24 +194,69 @@ def run_training(
         "device": device,
         "eval_episodes": eval_episodes,
     }
-    # The resolved hyperparameters as a file --hyperparams reads, so the command is exact.
     hyperparams_path = run_dir / "hyperparams.yml"
-    atomic_write_text(hyperparams_path, yaml.safe_dump({env_id: params}, sort_keys=False))
     config["command"] = train_command(config, hyperparams_path)
+    resume = _resumable(run_dir, config, overwrite)
+    common = {"seed": seed, "tensorboard_log": str(run_dir), "device": device, "verbose": 0}
+    if agent == "ddqn" and checkpoint_every:
+        common |= {
+            "checkpoint_freq": checkpoint_every,
+            "checkpoint_path": str(run_dir / CHECKPOINT),
+        }
+    valid = valid_hyperparams(agent)
+    if "device" in valid:
+        from misical_gym.runtime import resolve_device
+
+        resolve_device(device)  # a clear error for cuda without a GPU, before any work
+    # Built before the run directory exists, so a bad hyperparameter leaves nothing behind.
+    # SB3 fills policy_kwargs in place: give it a copy, keep ``params`` as the config says.
+    check_hyperparams(agent, params)
+    try:
+        model = make_agent(
+            agent, env, **{k: v for k, v in common.items() if k in valid}, **copy.deepcopy(params)
+        )
+    except (TypeError, ValueError, AssertionError) as exc:  # SB3 checks arguments with asserts
+        raise ValueError(f"agent {agent!r} rejected its hyperparameters {params}: {exc}") from exc
+    ends = list(itertools.accumulate(n for _, n in phases))  # env steps when each phase ends
+    resume_phase, resumed_at = None, 0
+    if resume is not None:
+        from misical_gym.agents.ddqn import DDQN
+
+        resumed_at = DDQN.checkpoint_timesteps(resume)
+        resume_phase = next((i for i, end in enumerate(ends) if resumed_at <= end), len(ends) - 1)
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # the package's own unfinished run (_resumable checked)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The resolved hyperparameters as a file --hyperparams reads, so the command is exact.
+    atomic_write_text(hyperparams_path, yaml.safe_dump({env_id: params}, sort_keys=False))
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     from misical_gym.runtime import cpu_threads
 
     start = time.time()
     with cpu_threads(threads):
         for index, (split, n) in enumerate(phases):
-            if index > 0:
-                phase_env = make_misical_env(env_id, split, target, env_kwargs)
-                # Agents seed only the env they were built with; unseeded, this one would
-                # draw its episodes from OS entropy and the run would not repeat.
-                phase_env.reset(seed=seed + index)
-                model.set_env(phase_env)
+            if resume_phase is not None and index < resume_phase:
+                continue
+            phase_env = env if index == 0 else make_misical_env(env_id, split, target, env_kwargs)
+            if index == resume_phase:
+                # The checkpoint was taken in this phase: it holds this env's random state.
+                _truncate_tensorboard(run_dir, resumed_at)
+                model = load_agent(agent, resume, phase_env, device)
+                steps_left, first = ends[index] - resumed_at, False
+            else:
+                if index > 0:
+                    # Agents seed only the env they were built with; unseeded, this one would
+                    # draw its episodes from OS entropy and the run would not repeat.
+                    phase_env.reset(seed=seed + index)
+                    model.set_env(phase_env)
+                steps_left, first = n, index == 0
             learn_phase(
-                model, agent, n, first=index == 0, description=f"{agent} {split}", progress=progress
+                model,
+                agent,
+                steps_left,
+                first=first,
+                description=f"{agent} {split}",
+                progress=progress,
             )
         saved = model.save(run_dir / "model")
         model_path = Path(saved) if saved is not None else run_dir / "model.zip"
@@ -238,6 +280,59 @@ def run_training(
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
     return TrainingRun(run_dir, model, summary)
+
+
+def _resumable(run_dir: Path, config: dict[str, Any], overwrite: bool) -> Path | None:
+    """The checkpoint to resume ``run_dir`` from, or None to start afresh.
+
+    Raises:
+        FileExistsError: ``run_dir`` holds a finished run, a run made with other arguments, or
+            something that is not a run of this package, and ``overwrite`` is not given (a
+            folder that is not a run is never replaced).
+    """
+    if not run_dir.exists():
+        return None
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileExistsError(
+            f"{run_dir} exists and is not a run of misical train (no config.yaml): remove it or "
+            "choose another --logdir"
+        )
+    if overwrite:
+        return None
+    if (run_dir / "summary.json").is_file():
+        raise FileExistsError(f"run {run_dir} exists; pass --overwrite to replace it")
+    try:
+        same = yaml.safe_load(config_file.read_text()) == config
+    except yaml.YAMLError:
+        same = False
+    if not same:
+        raise FileExistsError(
+            f"run {run_dir} was started with other arguments and did not finish; pass "
+            "--overwrite to replace it"
+        )
+    checkpoint = run_dir / CHECKPOINT
+    return checkpoint if checkpoint.is_file() else None
+
+
+def _truncate_tensorboard(run_dir: Path, step: int) -> None:
+    """Drop the TensorBoard events of ``run_dir`` logged after env step ``step``: a resumed
+    run logs them again, and a curve must not hold its points twice."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    for events in run_dir.glob("tb_*/events.out.tfevents.*"):
+        data, kept, offset = events.read_bytes(), bytearray(), 0
+        while offset + 12 <= len(data):  # TFRecord: length, its CRC, payload, payload CRC
+            length = int.from_bytes(data[offset : offset + 8], "little")
+            record = data[offset : offset + 12 + length + 4]
+            if len(record) < 12 + length + 4:
+                break  # a record cut short by the kill
+            if Event.FromString(record[12 : 12 + length]).step <= step:
+                kept += record
+            offset += len(record)
+        if len(kept) != len(data):
+            with atomic_path(events) as tmp:
+                tmp.write_bytes(bytes(kept))
 
 
 def train_command(config: dict[str, Any], hyperparams_file: Path) -> str:
@@ -309,7 +404,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--eval-episodes", type=int, default=20, help="greedy pool episodes (20)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run (a killed run resumes without it: the DDQN from its last "
+        "checkpoint, other agents from the start)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULT_CHECKPOINT_EVERY,
+        metavar="N",
+        help=f"DDQN: env steps between resumable checkpoints ({DEFAULT_CHECKPOINT_EVERY}; 0: none)",
+    )
 
 
 def parse_env_kwargs(items: list[str]) -> dict[str, Any]:
@@ -339,6 +446,7 @@ def main(args: argparse.Namespace) -> int:
         eval_episodes=args.eval_episodes,
         overwrite=args.overwrite,
         threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
     ).run_dir
     print((run_dir / "summary.json").read_text())
     print(f"run written to {run_dir}; tensorboard --logdir {args.logdir}", file=sys.stderr)
