@@ -52,6 +52,8 @@ def _add_prepare(commands: Any) -> None:
         description="Train the segmenter once on the init split and write every patch's "
         "MC-dropout features and oracle counts to a memory-mapped store.",
     )
+    from misical_gym.data.masks import IMAGE_SUFFIXES
+
     kinds = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
 
     def common(sub: argparse.ArgumentParser, default_name: str) -> None:
@@ -99,6 +101,52 @@ def _add_prepare(commands: Any) -> None:
     coco_json.add_argument("--image-size", type=int, default=256, help="network input side (256)")
     common(coco_json, "coco-json")
 
+    masks = kinds.add_parser(
+        "masks", help="any folder of images and label masks (index, palette or RGB-coded)"
+    )
+    masks.add_argument("--images", type=Path, required=True, help="image folder")
+    masks.add_argument(
+        "--labels", type=Path, required=True, help="label folder (labels matched by file stem)"
+    )
+    masks.add_argument(
+        "--classes",
+        type=Path,
+        required=True,
+        help="classes file: one name a line, or YAML/JSON with names, values, colors, ignore",
+    )
+    masks.add_argument(
+        "--root",
+        type=Path,
+        help="dataset root that list files resolve against (default: the common parent of "
+        "--images and --labels)",
+    )
+    masks.add_argument(
+        "--train-list", type=Path, help="list of 'image [label]' lines for init and pool"
+    )
+    test = masks.add_mutually_exclusive_group()
+    test.add_argument("--test-list", type=Path, help="list of 'image [label]' lines for test")
+    test.add_argument("--test-images", type=Path, help="test image folder (with --test-labels)")
+    test.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="test share, without a test list or folder (0.1)",
+    )
+    masks.add_argument("--test-labels", type=Path, help="test label folder (with --test-images)")
+    masks.add_argument(
+        "--image-suffixes",
+        default=",".join(IMAGE_SUFFIXES),
+        help=f"image suffixes, comma-separated ({','.join(IMAGE_SUFFIXES)})",
+    )
+    masks.add_argument("--label-suffix", default=".png", help="label suffix (.png)")
+    masks.add_argument(
+        "--unknown-as-ignore",
+        action="store_true",
+        help="treat label values or colours the classes file does not name as ignore",
+    )
+    masks.add_argument("--image-size", type=int, default=256, help="network input side (256)")
+    common(masks, "masks")
+
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from misical_gym.data import PatchGrid
@@ -115,6 +163,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         threads=args.threads,
+        **({"test_fraction": args.test_fraction} if args.dataset == "masks" else {}),
     )
     out = args.out or default_store_path(args.default_name)
     if args.dataset == "synthetic":
@@ -130,7 +179,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
         from misical_gym.data import CocoJson, CocoStuff10k, CocoStuff164k, SegmentationDataset
 
         datasets: list[SegmentationDataset]
-        if args.dataset == "coco10k":
+        if args.dataset == "masks":
+            datasets = _mask_datasets(args)
+        elif args.dataset == "coco10k":
             datasets = [CocoStuff10k(args.root, "train"), CocoStuff10k(args.root, "test")]
         elif args.dataset == "coco164k":
             datasets = [
@@ -143,6 +194,32 @@ def _run_prepare(args: argparse.Namespace) -> int:
     print(json.dumps(summarize(store), indent=1))
     print(f"store written to {store.path}", file=sys.stderr)
     return 0
+
+
+def _mask_datasets(args: argparse.Namespace) -> list[Any]:
+    """The train (and, when given, test) :class:`MaskFolder` of ``misical prepare masks``."""
+    from misical_gym.data import MaskFolder, read_mask_classes
+
+    if (args.test_images is None) != (args.test_labels is None):
+        raise ValueError("--test-images and --test-labels go together")
+    shared = {
+        "classes": read_mask_classes(args.classes),
+        "image_suffixes": [s.strip() for s in args.image_suffixes.split(",") if s.strip()],
+        "label_suffix": args.label_suffix,
+        "unknown_as_ignore": args.unknown_as_ignore,
+    }
+    lists = None if args.train_list is None else [args.train_list]
+    train = MaskFolder(
+        images=args.images, labels=args.labels, root=args.root, lists=lists, **shared
+    )
+    if args.test_list is not None:
+        return [
+            train,
+            MaskFolder(root=train.root, lists=[args.test_list], labels=args.labels, **shared),
+        ]
+    if args.test_images is not None:
+        return [train, MaskFolder(images=args.test_images, labels=args.test_labels, **shared)]
+    return [train]
 
 
 # ---------------------------------------------------------------------------- inspect
