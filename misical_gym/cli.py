@@ -53,23 +53,34 @@ def _add_prepare(commands: Any) -> None:
         "MC-dropout features and oracle counts to a memory-mapped store.",
     )
     from misical_gym.data.masks import IMAGE_SUFFIXES
+    from misical_gym.prepare import CAMVID_DEFAULTS
 
     kinds = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
 
-    def common(sub: argparse.ArgumentParser, default_name: str) -> None:
+    def common(
+        sub: argparse.ArgumentParser,
+        default_name: str,
+        init_fraction: float = 0.1,
+        epochs: int = 20,
+    ) -> None:
         sub.add_argument(
             "--out",
             type=Path,
             help=f"store directory (default: $MISICAL_HOME/{default_name}, "
             f"else ~/.cache/misical/{default_name})",
         )
-        sub.add_argument("--init-fraction", type=float, default=0.1, help="init share (0.1)")
+        sub.add_argument(
+            "--init-fraction",
+            type=float,
+            default=init_fraction,
+            help=f"init share ({init_fraction})",
+        )
         sub.add_argument("--grid", default="4x4", help="patch grid ROWSxCOLS (4x4)")
         sub.add_argument("--mc-samples", type=int, default=20, help="MC-dropout samples T (20)")
         sub.add_argument(
             "--mc-stride", type=int, default=4, help="head resolution for MC statistics (1/4)"
         )
-        sub.add_argument("--epochs", type=int, default=20, help="segmenter epochs (20)")
+        sub.add_argument("--epochs", type=int, default=epochs, help=f"segmenter epochs ({epochs})")
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sub.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
@@ -147,11 +158,28 @@ def _add_prepare(commands: Any) -> None:
     masks.add_argument("--image-size", type=int, default=256, help="network input side (256)")
     common(masks, "masks")
 
+    camvid = kinds.add_parser(
+        "camvid", help="CamVid, SegNet layout (train and val: init and pool; test: test)"
+    )
+    camvid.add_argument("--root", type=Path, required=True, help="the CamVid folder")
+    camvid.add_argument(
+        "--image-size",
+        type=int,
+        default=CAMVID_DEFAULTS["image_size"],
+        help=f"network input side ({CAMVID_DEFAULTS['image_size']})",
+    )
+    common(
+        camvid,
+        "camvid",
+        init_fraction=CAMVID_DEFAULTS["init_fraction"],
+        epochs=CAMVID_DEFAULTS["epochs"],
+    )
+
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from misical_gym.data import PatchGrid
     from misical_gym.paths import default_store_path
-    from misical_gym.prepare import PrepareConfig, prepare, prepare_synthetic
+    from misical_gym.prepare import PrepareConfig, prepare, prepare_camvid, prepare_synthetic
 
     config = PrepareConfig(
         grid=PatchGrid.parse(args.grid),
@@ -175,6 +203,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
             config=config,
             overwrite=args.overwrite,
         )
+    elif args.dataset == "camvid":
+        store = prepare_camvid(args.root, out, config=config, overwrite=args.overwrite)
     else:
         from misical_gym.data import CocoJson, CocoStuff10k, CocoStuff164k, SegmentationDataset
 
