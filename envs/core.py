@@ -26,6 +26,7 @@ DEFAULT_REWARD_BINS: tuple[float, ...] = (0.0, 0.05)
 DEFAULT_REWARD_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0)
 
 _PREPARE_HINTS = {
+    "camvid": "misical prepare camvid --root /path/to/camvid",
     "coco10k": "misical prepare coco10k --root /path/to/cocostuff-10k-v1.1",
     "synthetic": "misical prepare synthetic",
 }

@@ -1,8 +1,8 @@
 """misical-gym: class-targeted active learning for semantic segmentation as an RL benchmark.
 
-Importing the package registers the Gymnasium environments ``MiSiCAL-COCO10k``,
-``MiSiCAL-Synthetic`` and ``MiSiCAL-Store``. It is light on purpose: torch is imported only when
-a segmenter is actually built, trained or run.
+Importing the package registers the Gymnasium environments ``MiSiCAL-CamVid``,
+``MiSiCAL-COCO10k``, ``MiSiCAL-Synthetic`` and ``MiSiCAL-Store``. It is light on purpose: torch
+is imported only when a segmenter is actually built, trained or run.
 """
 
 from __future__ import annotations

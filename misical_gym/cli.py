@@ -69,22 +69,35 @@ def _add_prepare(commands: Any) -> None:
         description="Train the segmenter once on the init split and write every patch's "
         "MC-dropout features and oracle counts to a memory-mapped store.",
     )
+    from misical_gym.data.masks import IMAGE_SUFFIXES
+    from misical_gym.prepare import CAMVID_DEFAULTS
+
     kinds = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
 
-    def common(sub: argparse.ArgumentParser, default_name: str) -> None:
+    def common(
+        sub: argparse.ArgumentParser,
+        default_name: str,
+        init_fraction: float = 0.1,
+        epochs: int = 20,
+    ) -> None:
         sub.add_argument(
             "--out",
             type=Path,
             help=f"store directory (default: $MISICAL_HOME/{default_name}, "
             f"else ~/.cache/misical/{default_name})",
         )
-        sub.add_argument("--init-fraction", type=float, default=0.1, help="init share (0.1)")
+        sub.add_argument(
+            "--init-fraction",
+            type=float,
+            default=init_fraction,
+            help=f"init share ({init_fraction})",
+        )
         sub.add_argument("--grid", default="4x4", help="patch grid ROWSxCOLS (4x4)")
         sub.add_argument("--mc-samples", type=int, default=20, help="MC-dropout samples T (20)")
         sub.add_argument(
             "--mc-stride", type=int, default=4, help="head resolution for MC statistics (1/4)"
         )
-        sub.add_argument("--epochs", type=int, default=20, help="segmenter epochs (20)")
+        sub.add_argument("--epochs", type=int, default=epochs, help=f"segmenter epochs ({epochs})")
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sub.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
@@ -122,6 +135,69 @@ def _add_prepare(commands: Any) -> None:
     _add_outside_root(coco_json, "file_name values")
     common(coco_json, "coco-json")
 
+    masks = kinds.add_parser(
+        "masks", help="any folder of images and label masks (index, palette or RGB-coded)"
+    )
+    masks.add_argument("--images", type=Path, required=True, help="image folder")
+    masks.add_argument(
+        "--labels", type=Path, required=True, help="label folder (labels matched by file stem)"
+    )
+    masks.add_argument(
+        "--classes",
+        type=Path,
+        required=True,
+        help="classes file: one name a line, or YAML/JSON with names, values, colors, ignore",
+    )
+    masks.add_argument(
+        "--root",
+        type=Path,
+        help="dataset root that list files resolve against (default: the common parent of "
+        "--images and --labels)",
+    )
+    masks.add_argument(
+        "--train-list", type=Path, help="list of 'image [label]' lines for init and pool"
+    )
+    test = masks.add_mutually_exclusive_group()
+    test.add_argument("--test-list", type=Path, help="list of 'image [label]' lines for test")
+    test.add_argument("--test-images", type=Path, help="test image folder (with --test-labels)")
+    test.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="test share, without a test list or folder (0.1)",
+    )
+    masks.add_argument("--test-labels", type=Path, help="test label folder (with --test-images)")
+    masks.add_argument(
+        "--image-suffixes",
+        default=",".join(IMAGE_SUFFIXES),
+        help=f"image suffixes, comma-separated ({','.join(IMAGE_SUFFIXES)})",
+    )
+    masks.add_argument("--label-suffix", default=".png", help="label suffix (.png)")
+    masks.add_argument(
+        "--unknown-as-ignore",
+        action="store_true",
+        help="treat label values or colours the classes file does not name as ignore",
+    )
+    masks.add_argument("--image-size", type=int, default=256, help="network input side (256)")
+    common(masks, "masks")
+
+    camvid = kinds.add_parser(
+        "camvid", help="CamVid, SegNet layout (train and val: init and pool; test: test)"
+    )
+    camvid.add_argument("--root", type=Path, required=True, help="the CamVid folder")
+    camvid.add_argument(
+        "--image-size",
+        type=int,
+        default=CAMVID_DEFAULTS["image_size"],
+        help=f"network input side ({CAMVID_DEFAULTS['image_size']})",
+    )
+    common(
+        camvid,
+        "camvid",
+        init_fraction=CAMVID_DEFAULTS["init_fraction"],
+        epochs=CAMVID_DEFAULTS["epochs"],
+    )
+
 
 def _add_outside_root(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
@@ -134,7 +210,7 @@ def _add_outside_root(parser: argparse.ArgumentParser, what: str) -> None:
 def _run_prepare(args: argparse.Namespace) -> int:
     from misical_gym.data import PatchGrid
     from misical_gym.paths import default_store_path
-    from misical_gym.prepare import PrepareConfig, prepare, prepare_synthetic
+    from misical_gym.prepare import PrepareConfig, prepare, prepare_camvid, prepare_synthetic
 
     config = PrepareConfig(
         grid=PatchGrid.parse(args.grid),
@@ -146,6 +222,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         threads=args.threads,
+        **({"test_fraction": args.test_fraction} if args.dataset == "masks" else {}),
     )
     out = args.out or default_store_path(args.default_name)
     if args.dataset == "synthetic":
@@ -157,11 +234,15 @@ def _run_prepare(args: argparse.Namespace) -> int:
             config=config,
             overwrite=args.overwrite,
         )
+    elif args.dataset == "camvid":
+        store = prepare_camvid(args.root, out, config=config, overwrite=args.overwrite)
     else:
         from misical_gym.data import CocoJson, CocoStuff10k, CocoStuff164k, SegmentationDataset
 
         datasets: list[SegmentationDataset]
-        if args.dataset == "coco10k":
+        if args.dataset == "masks":
+            datasets = _mask_datasets(args)
+        elif args.dataset == "coco10k":
             outside = args.allow_outside_root
             datasets = [
                 CocoStuff10k(args.root, split, allow_outside_root=outside)
@@ -180,6 +261,32 @@ def _run_prepare(args: argparse.Namespace) -> int:
     print(json.dumps(summarize(store), indent=1))
     print(f"store written to {store.path}", file=sys.stderr)
     return 0
+
+
+def _mask_datasets(args: argparse.Namespace) -> list[Any]:
+    """The train (and, when given, test) :class:`MaskFolder` of ``misical prepare masks``."""
+    from misical_gym.data import MaskFolder, read_mask_classes
+
+    if (args.test_images is None) != (args.test_labels is None):
+        raise ValueError("--test-images and --test-labels go together")
+    shared = {
+        "classes": read_mask_classes(args.classes),
+        "image_suffixes": [s.strip() for s in args.image_suffixes.split(",") if s.strip()],
+        "label_suffix": args.label_suffix,
+        "unknown_as_ignore": args.unknown_as_ignore,
+    }
+    lists = None if args.train_list is None else [args.train_list]
+    train = MaskFolder(
+        images=args.images, labels=args.labels, root=args.root, lists=lists, **shared
+    )
+    if args.test_list is not None:
+        return [
+            train,
+            MaskFolder(root=train.root, lists=[args.test_list], labels=args.labels, **shared),
+        ]
+    if args.test_images is not None:
+        return [train, MaskFolder(images=args.test_images, labels=args.test_labels, **shared)]
+    return [train]
 
 
 # ---------------------------------------------------------------------------- inspect

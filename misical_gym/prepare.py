@@ -45,6 +45,9 @@ from misical_gym.store import SPLITS, FeatureStore, check_destination
 SYNTHETIC_DEFAULTS: dict[str, Any] = {"images": 3000, "seed": 0, "image_size": 64}
 """The default synthetic world: 3,000 images of 64 px (300 test, 270 init, 2,430 pool)."""
 
+CAMVID_DEFAULTS: dict[str, Any] = {"image_size": 128, "epochs": 60, "init_fraction": 0.2}
+"""``misical prepare camvid``'s settings where they differ from :class:`PrepareConfig`'s."""
+
 _VALIDATION_IMAGES = 200
 """Test images whose mIoU is logged after every training epoch."""
 
@@ -468,6 +471,47 @@ def _check_images(
                 f"{head_h}x{head_w}, fewer cells than the {grid.rows}x{grid.cols} patch grid; "
                 f"use --mc-stride {largest} or less"
             )
+
+
+def prepare_camvid(
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    config: PrepareConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> FeatureStore:
+    """Prepare CamVid (SegNet layout); the default location is the ``camvid`` store.
+
+    The train and val lists are split into init and pool, the test list is the test split, and
+    the five rare classes (:data:`~misical_gym.data.camvid.CAMVID_RARE_CLASSES`) are recorded as
+    the store's rare classes.
+
+    Args:
+        root: The CamVid folder.
+        out: Store directory (default: ``default_store_path("camvid")``).
+        config: Settings (default: :class:`PrepareConfig` with :data:`CAMVID_DEFAULTS`).
+        overwrite: Replace an existing store.
+        progress: Show progress bars.
+        **settings: :class:`PrepareConfig` fields overriding ``config``.
+
+    Returns:
+        The written store, opened.
+    """
+    from misical_gym.data.camvid import CAMVID_CLASSES, CAMVID_RARE_CLASSES, camvid_datasets
+
+    return prepare(
+        camvid_datasets(root),
+        out if out is not None else default_store_path("camvid"),
+        config or PrepareConfig(**CAMVID_DEFAULTS),
+        extra_dataset_info={
+            "rare_classes": [CAMVID_CLASSES.index(name) for name in CAMVID_RARE_CLASSES]
+        },
+        overwrite=overwrite,
+        progress=progress,
+        **settings,
+    )
 
 
 def _stack(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

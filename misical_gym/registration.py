@@ -13,6 +13,7 @@ from typing import Any
 import gymnasium as gym
 
 ENV_IDS: dict[str, dict[str, object]] = {
+    "MiSiCAL-CamVid": {"store_name": "camvid"},
     "MiSiCAL-COCO10k": {"store_name": "coco10k"},
     "MiSiCAL-Synthetic": {"store_name": "synthetic"},
     # Any prepared store: gym.make("MiSiCAL-Store", root="path/to/store").

@@ -1,4 +1,5 @@
-"""Datasets, the COCO-Stuff class table, the patch grid and the init / pool split.
+"""Datasets (synthetic, COCO-Stuff, COCO JSON, mask folders), the COCO-Stuff class table, the
+patch grid and the init / pool split.
 
 Every dataset yields ``(image, label)``: ``image`` uint8 ``[H, W, 3]``, ``label`` uint8 ``[H, W]``
 holding contiguous train ids ``0..C-1`` and 255 for ignore. Every dataset has ``class_names``
@@ -23,6 +24,7 @@ from misical_gym.data.classes import (
     coco_id_to_train_id,
 )
 from misical_gym.data.coco import CocoJson, CocoStuff10k, CocoStuff164k
+from misical_gym.data.masks import MaskClasses, MaskFolder, read_mask_classes
 from misical_gym.data.patches import PatchGrid, split_indices
 from misical_gym.data.resize import resize_example
 from misical_gym.data.synthetic import SyntheticScenes
@@ -38,17 +40,20 @@ __all__ = [
     "CocoJson",
     "CocoStuff10k",
     "CocoStuff164k",
+    "MaskClasses",
+    "MaskFolder",
     "PatchGrid",
     "SegmentationDataset",
     "SyntheticScenes",
     "coco_id_to_train_id",
     "open_dataset",
+    "read_mask_classes",
     "resize_example",
     "split_indices",
     "store_image",
 ]
 
-_DATASET_KINDS = ("synthetic", "coco10k", "coco164k", "coco-json")
+_DATASET_KINDS = ("synthetic", "coco10k", "coco164k", "coco-json", "masks")
 
 
 def open_dataset(spec: Mapping[str, Any]) -> SegmentationDataset:
@@ -56,7 +61,7 @@ def open_dataset(spec: Mapping[str, Any]) -> SegmentationDataset:
 
     Args:
         spec: ``{"kind": ..., **constructor arguments}``, kind one of ``"synthetic"``,
-            ``"coco10k"``, ``"coco164k"`` and ``"coco-json"``.
+            ``"coco10k"``, ``"coco164k"``, ``"coco-json"`` and ``"masks"``.
 
     Returns:
         The dataset.
@@ -77,6 +82,8 @@ def open_dataset(spec: Mapping[str, Any]) -> SegmentationDataset:
         factory = CocoStuff164k
     elif kind == "coco-json":
         factory = CocoJson
+    elif kind == "masks":
+        factory = MaskFolder
     else:
         raise DatasetError(
             f"unknown dataset kind {kind!r}; known kinds: {', '.join(_DATASET_KINDS)}"
