@@ -20,7 +20,14 @@ ENV_IDS: dict[str, dict[str, object]] = {
     "MiSiCAL-Store": {},
 }
 
-_SYNTHETIC = "MiSiCAL-Synthetic"
+_ENTRY_POINTS: dict[str, tuple[str, str]] = {
+    # The offline default prepares its store on first use, then builds the usual envs.
+    "MiSiCAL-Synthetic": (
+        "misical_gym.registration:synthetic_env",
+        "misical_gym.registration:synthetic_vector_env",
+    ),
+}
+_DEFAULT_ENTRY_POINTS = ("misical_gym.envs:MiSiCALEnv", "misical_gym.envs:MiSiCALVectorEnv")
 
 
 def register_envs() -> None:
@@ -28,16 +35,11 @@ def register_envs() -> None:
     for env_id, kwargs in ENV_IDS.items():
         if env_id in gym.registry:
             continue
-        module = "misical_gym.registration" if env_id == _SYNTHETIC else "misical_gym.envs"
-        single, vector = (
-            ("synthetic_env", "synthetic_vector_env")
-            if env_id == _SYNTHETIC
-            else ("MiSiCALEnv", "MiSiCALVectorEnv")
-        )
+        single, vector = _ENTRY_POINTS.get(env_id, _DEFAULT_ENTRY_POINTS)
         gym.register(
             id=env_id,
-            entry_point=f"{module}:{single}",
-            vector_entry_point=f"{module}:{vector}",
+            entry_point=single,
+            vector_entry_point=vector,
             kwargs=dict(kwargs),
             disable_env_checker=False,
         )
