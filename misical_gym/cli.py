@@ -258,7 +258,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
                 CocoJson(args.images, args.annotations, allow_outside_root=args.allow_outside_root)
             ]
         store = prepare(datasets, out, config, overwrite=args.overwrite)
-    print(json.dumps(summarize(store), indent=1))
+    print(json.dumps(describe_store(store), indent=1))
     print(f"store written to {store.path}", file=sys.stderr)
     return 0
 
@@ -310,7 +310,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from misical_gym.store import MANIFEST, FeatureStore
 
     if args.path is None:
-        print(json.dumps(summarize(FeatureStore.open(args.store)), indent=1))
+        print(json.dumps(describe_store(FeatureStore.open(args.store)), indent=1))
         return 0
     if Path(args.path).name != args.path or args.path in ("", ".", ".."):
         raise ValueError(f"--path takes a store name such as synthetic, got {args.path!r}")
@@ -324,7 +324,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarize(store: Any) -> dict[str, Any]:
+def describe_store(store: Any) -> dict[str, Any]:
     """The JSON summary ``misical inspect`` prints."""
     from misical_gym.store import SPLITS
 
