@@ -28,6 +28,7 @@ import yaml
 import misical_gym
 from misical_gym.agents.policy import Agent, CandidatePolicy, play_episode
 from misical_gym.atomic import atomic_write_text
+from misical_gym.envs.patch_selection import unwrap_misical
 from misical_gym.paths import safe_name
 from misical_gym.train.agents import (
     AGENTS,
@@ -83,7 +84,7 @@ def _is_misical(entry_point: Any) -> bool:
 def target_label(env: gym.Env) -> str:
     """The run's target as a directory name: the class name made safe (a class name from a
     dataset must not leave ``--logdir``), or ``random``."""
-    unwrapped = env.unwrapped
+    unwrapped = unwrap_misical(env)
     if unwrapped.fixed_target is None:
         return "random"
     return safe_name(unwrapped.store.class_names[unwrapped.fixed_target])
@@ -182,8 +183,8 @@ def run_training(
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
 
-    store = env.unwrapped.store
-    fixed = env.unwrapped.fixed_target
+    base = unwrap_misical(env)
+    store, fixed = base.store, base.fixed_target
     config = {
         "agent": agent,
         "env_id": env_id,
@@ -267,7 +268,7 @@ def train_command(config: dict[str, Any], hyperparams_file: Path) -> str:
 
 
 def learn_phase(
-    model: Any, agent: str, steps: int, *, first: bool, description: str, progress: bool
+    model: Agent, agent: str, steps: int, *, first: bool, description: str, progress: bool
 ) -> None:
     """One ``learn`` call with the TensorBoard keys every agent shares."""
     if agent in SB3_AGENTS:
