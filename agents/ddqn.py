@@ -24,7 +24,7 @@ import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import gymnasium as gym
 import numpy as np
@@ -168,6 +168,19 @@ class DDQNConfig:
         return dataclasses.replace(config or cls(), **overrides)
 
 
+class CompactStateEnv(Protocol):
+    """An env whose state compact replay stores as ids (the MiSiCAL envs are ones)."""
+
+    def compact_state(self) -> np.ndarray: ...
+
+    def observation_from_compact(self, compact: np.ndarray) -> np.ndarray: ...
+
+
+def _compact_env(env: gym.Env) -> CompactStateEnv:
+    """``env.unwrapped`` in compact replay mode, whose methods :meth:`_EnvSpec.of` checked."""
+    return cast(CompactStateEnv, env.unwrapped)
+
+
 @dataclass(frozen=True)
 class _EnvSpec:
     """What the networks and the replay buffer are built for; saved with the model."""
@@ -205,7 +218,7 @@ class _EnvSpec:
                 "observation_from_compact(); use replay='raw' for this env"
             )
         compact = replay == "compact" or (replay == "auto" and has_compact)
-        compact_size = int(np.asarray(base.compact_state()).size) if compact else None
+        compact_size = int(np.asarray(_compact_env(env).compact_state()).size) if compact else None
         return cls(obs_shape, (int(shape[0]), int(shape[1])), compact_size)
 
 
@@ -228,6 +241,10 @@ class DDQN(Learner):
 
     config_class = DDQNConfig
     tb_log_name = "DDQN"
+    # The episode in progress as the replay sees it (:meth:`_forget_episode` clears both): the
+    # last stored state, and the step held back until the next one.
+    _last_stored: np.ndarray | None
+    _pending: dict[str, Any] | None
 
     def __init__(
         self, env: gym.Env | str, config: DDQNConfig | None = None, **hyperparams: Any
@@ -274,7 +291,7 @@ class DDQN(Learner):
         compact = spec.compact_size is not None
         self.replay_buffer = NStepPrioritizedReplayBuffer(
             c.buffer_size,
-            (spec.compact_size,) if compact else spec.obs_shape,
+            spec.obs_shape if spec.compact_size is None else (spec.compact_size,),
             num_actions,
             n_step=c.n_step,
             gamma=c.gamma,
@@ -324,7 +341,7 @@ class DDQN(Learner):
 
     @staticmethod
     def _check_compact(env: gym.Env, compact: np.ndarray, obs: np.ndarray) -> None:
-        rebuilt = env.unwrapped.observation_from_compact(compact)
+        rebuilt = _compact_env(env).observation_from_compact(compact)
         if not np.array_equal(rebuilt, obs):
             raise ValueError(
                 "compact replay: this env's observation_from_compact(compact_state()) differs "
@@ -416,7 +433,7 @@ class DDQN(Learner):
         """What the replay keeps of the env's current state: ids (compact) or the observation."""
         if self._spec.compact_size is not None:
             assert self.env is not None
-            return np.asarray(self.env.unwrapped.compact_state(), dtype=np.int64).copy()
+            return np.asarray(_compact_env(self.env).compact_state(), dtype=np.int64).copy()
         return np.array(obs, dtype=np.float32)
 
     def _on_transition(
@@ -436,7 +453,7 @@ class DDQN(Learner):
         stored = self._replay_state(new_obs)
         if self._pending is not None:
             self.replay_buffer.add(**self._pending, terminated=False, truncated=False)
-        step = {
+        step: dict[str, Any] = {
             "obs": self._last_stored,
             "action": action,
             "reward": reward,
@@ -457,8 +474,8 @@ class DDQN(Learner):
 
     def _forget_episode(self) -> None:
         super()._forget_episode()
-        self._last_stored: np.ndarray | None = None
-        self._pending: dict[str, Any] | None = None
+        self._last_stored = None
+        self._pending = None
 
     # ------------------------------------------------------------------ the update
     def _on_step_taken(self, callback: BaseCallback, progress: float) -> None:
@@ -516,8 +533,9 @@ class DDQN(Learner):
         obs, next_obs = batch.obs, batch.next_obs
         if self._spec.compact_size is not None:
             assert self.env is not None
-            obs = self.env.unwrapped.observation_from_compact(obs)
-            next_obs = self.env.unwrapped.observation_from_compact(next_obs)
+            env = _compact_env(self.env)
+            obs = env.observation_from_compact(obs)
+            next_obs = env.observation_from_compact(next_obs)
 
         def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)
@@ -656,6 +674,7 @@ class DDQN(Learner):
         if env is not None:
             model.set_env(env)
             if state["env_rng"] is not None:
+                assert model.env is not None  # set just above
                 bit_generator = np.random.PCG64()
                 bit_generator.state = state["env_rng"]
                 model.env.unwrapped.np_random = np.random.Generator(bit_generator)

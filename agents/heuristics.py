@@ -24,6 +24,7 @@ import numpy as np
 
 from misical_gym.agents.rollout import RolloutLearner
 from misical_gym.atomic import atomic_write_text
+from misical_gym.envs.patch_selection import unwrap_misical
 
 HEURISTICS: dict[str, str | None] = {
     "random": None,
@@ -72,7 +73,8 @@ class HeuristicPolicy(RolloutLearner):
 
     def _oracle_scores(self, rows: np.ndarray) -> np.ndarray:
         """True target pixels of the env's current candidates (-1 for empty slots)."""
-        env = self.env.unwrapped
+        assert self.env is not None
+        env = unwrap_misical(self.env)
         state = env.compact_state()
         shown = env.observation_from_compact(state).reshape(self.candidate_shape)
         if rows.shape[0] != 1 or not np.array_equal(rows[0], shown):

@@ -27,7 +27,12 @@ from tqdm.auto import tqdm
 from misical_gym.agents.logger import run_logger
 from misical_gym.envs.wrappers import with_statistics
 
-Callback = BaseCallback | Callable[[dict[str, Any], dict[str, Any]], bool | None] | list | None
+Callback = (
+    BaseCallback
+    | Callable[[dict[str, Any], dict[str, Any]], bool | None]
+    | list[BaseCallback]
+    | None
+)
 
 EPISODE_KEYS: tuple[str, ...] = ("r", "l", "target_pixels", "hits")
 """What the learners keep of each ``info["episode"]`` for their logs and checkpoints."""

@@ -24,6 +24,8 @@ import numpy as np
 
 from misical_gym.envs.wrappers import with_statistics
 
+# A NumPy array or a torch tensor: they share the operators used on it, but no type says so
+# (hence the ignores below).
 ArrayT = TypeVar("ArrayT")
 
 TIE_BREAK_SCALE = 1e-9
@@ -71,12 +73,12 @@ class Agent(CandidatePolicy, Protocol):
 
 def valid_rows(rows: ArrayT) -> ArrayT:
     """``[..., K]`` True where a candidate row ``[..., K, F]`` is not all zeros (an empty slot)."""
-    return (rows != 0).any(-1)  # type: ignore[attr-defined, no-any-return]
+    return (rows != 0).any(-1)  # type: ignore[attr-defined]
 
 
 def valid_or_all(masks: ArrayT) -> ArrayT:
     """``masks`` ``[..., K]`` with rows that allow nothing opened to every slot."""
-    return masks | ~masks.any(-1)[..., None]  # type: ignore[attr-defined, operator, no-any-return]
+    return masks | ~masks.any(-1)[..., None]  # type: ignore[attr-defined]
 
 
 def masked_argmax(

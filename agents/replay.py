@@ -195,7 +195,9 @@ class NStepPrioritizedReplayBuffer:
         )
         # One byte matrix, with a record view for field access by name.
         self._raw = np.zeros((self.capacity, self._record.itemsize), dtype=np.uint8)
-        self._boot_at = self._record.fields["boot"][1]
+        fields = self._record.fields
+        assert fields is not None  # a structured dtype has them
+        self._boot_at = fields["boot"][1]
         self._slots = self._raw.view(self._record).reshape(self.capacity)
         self._tree = SumTree(self.capacity)
         self._max_priority = 1.0

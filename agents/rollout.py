@@ -15,6 +15,7 @@ import numpy as np
 
 from misical_gym.agents.learner import Learner
 from misical_gym.agents.policy import greedy_actions
+from misical_gym.envs.patch_selection import unwrap_misical
 
 
 class RolloutLearner(Learner):
@@ -35,8 +36,9 @@ class RolloutLearner(Learner):
     ) -> None:
         super().__init__(seed, tensorboard_log, verbose)
         self.rng = np.random.default_rng(seed)
-        self.candidate_shape: tuple[int, int] = tuple(env.unwrapped.candidate_shape)
-        self.feature_names: tuple[str, ...] = tuple(env.unwrapped.feature_names)
+        base = unwrap_misical(env)
+        self.candidate_shape: tuple[int, int] = base.candidate_shape
+        self.feature_names: tuple[str, ...] = tuple(base.feature_names)
         super().set_env(env)
 
     # ------------------------------------------------------------------ acting
@@ -60,10 +62,10 @@ class RolloutLearner(Learner):
         return greedy_actions(self, observation, action_masks, self.tie_break_rng)[0], None
 
     def set_env(self, env: gym.Env) -> None:
-        if tuple(env.unwrapped.candidate_shape) != self.candidate_shape:
+        shape = unwrap_misical(env).candidate_shape
+        if shape != self.candidate_shape:
             raise ValueError(
-                f"the new env's candidate shape {env.unwrapped.candidate_shape} differs from "
-                f"{self.candidate_shape}"
+                f"the new env's candidate shape {shape} differs from {self.candidate_shape}"
             )
         super().set_env(env)
 
@@ -78,7 +80,7 @@ class RolloutLearner(Learner):
 
     def _act(self, obs: np.ndarray, progress: float) -> int:
         assert self.env is not None
-        action, _ = self.predict(obs, action_masks=self.env.unwrapped.action_masks())
+        action, _ = self.predict(obs, action_masks=unwrap_misical(self.env).action_masks())
         info = self._last_info
         rows = obs.reshape(self.candidate_shape)
         self.observe(rows, info["candidate_ids"], int(action), int(info["target_class"]))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import gymnasium as gym
 import numpy as np
@@ -25,7 +25,19 @@ from torch import nn
 
 from misical_gym.agents.rollout import RolloutLearner
 from misical_gym.atomic import atomic_path
+from misical_gym.envs.patch_selection import unwrap_misical
 from misical_gym.runtime import resolve_device
+
+
+class _Config(TypedDict):
+    """The classifier's hyperparameters, as saved with the model."""
+
+    hidden: int
+    learning_rate: float
+    max_epochs: int
+    patience: int
+    batch_size: int
+    max_rows: int
 
 
 class SupervisedPolicy(RolloutLearner):
@@ -60,7 +72,7 @@ class SupervisedPolicy(RolloutLearner):
     ) -> None:
         super().__init__(env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         # Cast now, so a value of the wrong type fails here and not in the first fit.
-        self.config = {
+        self.config: _Config = {
             "hidden": int(hidden),
             "learning_rate": float(learning_rate),
             "max_epochs": int(max_epochs),
@@ -95,7 +107,8 @@ class SupervisedPolicy(RolloutLearner):
     def observe(
         self, rows: np.ndarray, candidate_ids: np.ndarray, action: int, target: int
     ) -> None:
-        env = self.env.unwrapped
+        assert self.env is not None
+        env = unwrap_misical(self.env)
         labels = np.asarray(env.store.counts[np.maximum(candidate_ids, 0), target]) > 0
         if env.split == "init":  # labels known: every shown candidate is a training example
             keep = candidate_ids >= 0

@@ -108,7 +108,12 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
       ``MiSiCAL-Store``).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    # Gymnasium annotates ``metadata`` as an instance attribute; it is a class one, as in
+    # Gymnasium's own envs (and ruff's RUF012 asks for ClassVar).
+    metadata: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
+        "render_modes": ["ansi", "rgb_array"],
+        "render_fps": 4,
+    }
 
     def __init__(
         self,
@@ -191,10 +196,10 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
             TypeError, ValueError: ``options`` is not a dict, or has a key other than
                 ``target_class``.
         """
-        options = check_reset_options(options, ("target_class",))
+        checked = check_reset_options(options, ("target_class",))
         super().reset(seed=seed)
-        if "target_class" in options:
-            chosen = resolve_target(self.store, options["target_class"], self.split)
+        if "target_class" in checked:
+            chosen = resolve_target(self.store, checked["target_class"], self.split)
         else:
             chosen = self.fixed_target
         if chosen is None:
@@ -357,6 +362,19 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
             pool_size=self.pool_size,
             remaining=self._num_remaining,
         )
+
+
+def unwrap_misical(env: gym.Env) -> MiSiCALEnv:
+    """``env.unwrapped``, for code that reads the MiSiCAL env's own attributes (its store,
+    target, candidate shape, masks) through any wrappers.
+
+    Raises:
+        TypeError: ``env`` is not a MiSiCAL env, nor wraps one.
+    """
+    unwrapped = env.unwrapped
+    if not isinstance(unwrapped, MiSiCALEnv):
+        raise TypeError(f"expected a MiSiCAL env, got {env} (a {type(unwrapped).__name__})")
+    return unwrapped
 
 
 def outline_patch(store: FeatureStore, patch: int) -> np.ndarray:

@@ -43,7 +43,8 @@ class MiSiCALVectorEnv(VectorEnv):
     ``"rgb_array"``) makes :meth:`render` return one frame per sub-environment.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {
+    # As MiSiCALEnv's: a class attribute that Gymnasium annotates as an instance one.
+    metadata: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         "autoreset_mode": AutoresetMode.NEXT_STEP,
         "render_modes": MiSiCALEnv.metadata["render_modes"],
         "render_fps": MiSiCALEnv.metadata["render_fps"],
@@ -145,8 +146,8 @@ class MiSiCALVectorEnv(VectorEnv):
                     f"reset(seed=...) takes one seed per sub-environment ({self.num_envs}), "
                     f"got {len(seeds)}"
                 )
-        options = check_reset_options(options, ("reset_mask",))
-        mask = np.asarray(options.get("reset_mask", np.ones(self.num_envs, dtype=bool)), dtype=bool)
+        checked = check_reset_options(options, ("reset_mask",))
+        mask = np.asarray(checked.get("reset_mask", np.ones(self.num_envs, dtype=bool)), dtype=bool)
         for e in np.flatnonzero(mask).tolist():
             if seeds[e] is not None:
                 self._rngs[e] = seeding.np_random(seeds[e])[0]

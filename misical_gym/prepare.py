@@ -274,8 +274,10 @@ def _prepare(
     else:
         init = np.flatnonzero(split_of == SPLITS.index("init"))
         val = np.flatnonzero(split_of == SPLITS.index("test"))[:_VALIDATION_IMAGES]
-        images, labels = _stack([load(i)[:2] for i in init])
-        val_images, val_labels = _stack([load(i)[:2] for i in val]) if val.size else (None, None)
+        images, labels = _stack([load(int(i))[:2] for i in init])
+        val_images, val_labels = (
+            _stack([load(int(i))[:2] for i in val]) if val.size else (None, None)
+        )
         torch.manual_seed(config.seed)  # the default model's initial weights
         if model is None:
             model = SmallUNet(num_classes, width=config.width)

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -303,7 +303,13 @@ class FeatureStore:
         if n < 1:
             raise StoreError("a store needs at least one patch")
         try:
-            check_values(**arrays, grid=grid)
+            check_values(
+                features=arrays["features"],
+                counts=arrays["counts"],
+                patches=arrays["patches"],
+                image_sizes=arrays["image_sizes"],
+                grid=grid,
+            )
         except StoreError as exc:
             raise StoreError(f"{exc}; refusing to write {path}") from None
         overwrite = check_destination(path, overwrite)
@@ -545,7 +551,7 @@ def _checked_rows(
         for start in range(0, array.shape[0], rows):
             count = min(rows, array.shape[0] - start)
             block = np.fromfile(f, dtype=array.dtype, count=count * array.shape[1])
-            crc = zlib.crc32(block, crc)
+            crc = zlib.crc32(block.data, crc)
             yield block.reshape(count, array.shape[1])
     _check_crc(file, crc, expected)
     _verified[_file_key(file)] = expected
@@ -587,7 +593,7 @@ def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
     Files the manifest names must be plain names, so they lie inside the store.
     """
 
-    def fail(field: str, expected: str) -> None:
+    def fail(field: str, expected: str) -> NoReturn:
         raise StoreError(
             f"{path}: field {field!r} is {manifest.get(field)!r:.80}, expected {expected}; "
             "the manifest is damaged or was edited. Prepare the store again."

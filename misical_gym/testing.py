@@ -10,12 +10,15 @@ import numpy as np
 from misical_gym.data.patches import PatchGrid
 from misical_gym.store import SPLITS, FeatureStore
 
+DEFAULT_CLASS_NAMES: tuple[str, ...] = tuple(f"class{i}" for i in range(8))
+"""The default classes of :func:`write_random_store`."""
+
 
 def write_random_store(
     path: str | os.PathLike[str],
     *,
     num_images: int = 64,
-    class_names: Sequence[str] = tuple(f"class{i}" for i in range(8)),
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
     grid: PatchGrid | None = None,
     image_size: tuple[int, int] = (64, 64),
     split_fractions: tuple[float, float, float] = (0.3, 0.5, 0.2),

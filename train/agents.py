@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
-from misical_gym.agents.policy import as_rows, candidate_masks, greedy_actions
+from misical_gym.agents.policy import Agent, as_rows, candidate_masks, greedy_actions
 from misical_gym.envs.wrappers import with_statistics
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ DEFAULT_TIMESTEPS = 10_000
 """Env steps of a run whose entry has no ``n_timesteps`` (the heuristics have no file)."""
 
 
-def agent_class(name: str) -> Any:
+def agent_class(name: str) -> type[Any]:
     """The class behind an agent name (imports torch for the learning agents)."""
     check_agent(name)
     if name == "ddqn":
@@ -72,7 +72,7 @@ def _a2c_logging_its_loss() -> type:
     entropy and value terms), which SB3 logs only in parts while DQN and PPO log it whole."""
     from stable_baselines3 import A2C
 
-    class LoggedA2C(A2C):  # type: ignore[misc]
+    class LoggedA2C(A2C):
         def train(self) -> None:
             super().train()
             logged = self.logger.name_to_value
@@ -189,7 +189,7 @@ def check_hyperparams(name: str, hyperparams: dict[str, Any]) -> None:
         )
 
 
-def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Any:
+def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Agent:
     """Build agent ``name`` on ``env``.
 
     Args:
@@ -211,7 +211,7 @@ def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Any:
     return cls(env, **params)
 
 
-def load_agent(name: str, path: str | Path, env: gym.Env | None, device: str = "auto") -> Any:
+def load_agent(name: str, path: str | Path, env: gym.Env | None, device: str = "auto") -> Agent:
     """Load an agent saved by its ``save``."""
     with warnings.catch_warnings():
         # SB3 saves the n-step buffer class it built from ``n_steps`` next to ``n_steps``
@@ -243,6 +243,8 @@ class MaskedSB3:
     """
 
     def __init__(self, model: Any) -> None:
+        # Any: SB3's policies differ in the networks read here (DQN's q_net, QR-DQN's
+        # quantile_net, the actor-critics' distribution), which its types leave to hasattr.
         self.model = model
 
     def __getattr__(self, name: str) -> Any:

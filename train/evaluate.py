@@ -128,8 +128,9 @@ def evaluate(
         for policy in policies
         for seed in range(seeds)
     ]
-    rows = {job: _finished_row(jobs_dir, job) for job in jobs}
-    todo = longest_first([job for job, row in rows.items() if row is None])
+    finished = {job: _finished_row(jobs_dir, job) for job in jobs}
+    rows = {job: row for job, row in finished.items() if row is not None}
+    todo = longest_first([job for job, row in finished.items() if row is None])
     from tqdm.auto import tqdm
 
     with tqdm(total=len(todo), desc="evaluate", unit="job") as bar:

@@ -29,6 +29,7 @@ import yaml
 import misical_gym
 from misical_gym.agents.policy import Agent, CandidatePolicy, play_episode
 from misical_gym.atomic import atomic_path, atomic_write_text
+from misical_gym.envs.patch_selection import unwrap_misical
 from misical_gym.paths import safe_name
 from misical_gym.train.agents import (
     AGENTS,
@@ -91,7 +92,7 @@ def _is_misical(entry_point: Any) -> bool:
 def target_label(env: gym.Env) -> str:
     """The run's target as a directory name: the class name made safe (a class name from a
     dataset must not leave ``--logdir``), or ``random``."""
-    unwrapped = env.unwrapped
+    unwrapped = unwrap_misical(env)
     if unwrapped.fixed_target is None:
         return "random"
     return safe_name(unwrapped.store.class_names[unwrapped.fixed_target])
@@ -179,8 +180,8 @@ def run_training(
 
     env = make_misical_env(env_id, phases[0][0], target, env_kwargs)
     run_dir = Path(logdir) / env_id / target_label(env) / f"{agent}_{seed}"
-    store = env.unwrapped.store
-    fixed = env.unwrapped.fixed_target
+    base = unwrap_misical(env)
+    store, fixed = base.store, base.fixed_target
     config = {
         "agent": agent,
         "env_id": env_id,
@@ -239,6 +240,7 @@ def run_training(
                 continue
             phase_env = env if index == 0 else make_misical_env(env_id, split, target, env_kwargs)
             if index == resume_phase:
+                assert resume is not None
                 # The checkpoint was taken in this phase: it holds this env's random state.
                 _truncate_tensorboard(run_dir, resumed_at)
                 model = load_agent(agent, resume, phase_env, device)
@@ -362,7 +364,7 @@ def train_command(config: dict[str, Any], hyperparams_file: Path) -> str:
 
 
 def learn_phase(
-    model: Any, agent: str, steps: int, *, first: bool, description: str, progress: bool
+    model: Agent, agent: str, steps: int, *, first: bool, description: str, progress: bool
 ) -> None:
     """One ``learn`` call with the TensorBoard keys every agent shares."""
     if agent in SB3_AGENTS:

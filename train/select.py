@@ -22,6 +22,7 @@ import yaml
 
 from misical_gym.agents.policy import CandidatePolicy, play_episode
 from misical_gym.atomic import atomic_write_text
+from misical_gym.envs.patch_selection import unwrap_misical
 from misical_gym.paths import safe_name
 from misical_gym.train.agents import HEURISTIC_AGENTS, check_agent, load_agent, make_agent
 
@@ -109,10 +110,8 @@ def select_patches(
     """
     env = pool_env(store, target, budget, pool_size)
     model = load_policy(policy, env, device, seed) if isinstance(policy, str) else policy
-    if (
-        model.candidate_shape[1]
-        == env.unwrapped.candidate_shape[1] + env.unwrapped.store.num_classes
-    ):
+    base = unwrap_misical(env)
+    if model.candidate_shape[1] == base.candidate_shape[1] + base.store.num_classes:
         # A goal-conditioned policy (trained on target_class="random") reads the target as a
         # one-hot in every candidate's row.
         env = pool_env(store, target, budget, pool_size, target_onehot=True)
@@ -122,7 +121,8 @@ def select_patches(
         {"patch_id": patch, "score": score}
         for patch, score in zip(played.patch_ids, played.scores, strict=True)
     ]
-    s = env.unwrapped.store
+    base = unwrap_misical(env)
+    s = base.store
     ids = np.array([p["patch_id"] for p in picks], dtype=np.int64)
     boxes = s.boxes(ids) if ids.size else np.zeros((0, 4), dtype=np.int64)
     for pick, box, image in zip(picks, boxes, s.patches[ids, 0] if ids.size else [], strict=True):
@@ -131,8 +131,8 @@ def select_patches(
     return {
         "store": str(s.path),
         "policy": policy if isinstance(policy, str) else type(policy).__name__,
-        "target": s.class_names[env.unwrapped.target],
-        "target_id": int(env.unwrapped.target),
+        "target": s.class_names[base.target],
+        "target_id": int(base.target),
         "budget": budget,
         "pool_size": pool_size,
         "seed": seed,
@@ -153,7 +153,8 @@ def render(selection: dict[str, Any], fmt: str) -> str:
         return out.getvalue()
     if fmt == "coco":
         image_index: dict[str, int] = {}
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         for rank, pick in enumerate(selection["picks"]):
             if pick["image_id"] not in image_index:
                 image_index[pick["image_id"]] = len(images) + 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,10 +108,11 @@ class MaskClasses:
             ignore_values=_values(ignore_values, "ignore", source),
             ignore_colors=tuple(_color(c, "ignore", source) for c in ignore_colors),
         )
-        for key, named, ignored in (
+        overlaps: tuple[tuple[str, Sequence[Any], Sequence[Any]], ...] = (
             ("value", table.values, table.ignore_values),
             ("colour", table.colors or (), table.ignore_colors),
-        ):
+        )
+        for key, named, ignored in overlaps:
             both = sorted(set(named) & set(ignored))
             if both:
                 raise DatasetError(f"{source}: {key}(s) {both} are both a class and ignored")
@@ -367,7 +368,8 @@ class MaskFolder:
             pixels = np.bincount(mask.ravel(), minlength=256)
             codes, keys = np.flatnonzero(pixels), mask
             pixels = pixels[codes]
-            known, ignored, show = table.values, table.ignore_values, str
+            show: Callable[[int], str] = str
+            known, ignored = table.values, table.ignore_values
         else:
             if table.colors is None:
                 raise DatasetError(

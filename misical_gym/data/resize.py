@@ -12,6 +12,8 @@ def resize_example(
     does; retraining on acquired patches resizes the same way."""
     from PIL import Image
 
-    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    resized_label = np.asarray(Image.fromarray(label).resize((size, size), Image.NEAREST))
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    resized_label = np.asarray(
+        Image.fromarray(label).resize((size, size), Image.Resampling.NEAREST)
+    )
     return resized, resized_label

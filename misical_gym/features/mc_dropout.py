@@ -20,6 +20,7 @@ from 0.014 to 0.012 for skis.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from torch import nn
 from misical_gym.data.classes import IGNORE_INDEX
 from misical_gym.data.patches import PatchGrid
 from misical_gym.layout import FeatureLayout
+
+if TYPE_CHECKING:
+    from misical_gym.segmenter.model import Segmenter
 
 _EPS = 1e-12
 
@@ -67,24 +71,28 @@ def mc_pixel_statistics(
     if stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride}")
     enable_mc_dropout(model)
-    z = model.encode(x)
+    segmenter = cast("Segmenter", model)
+    z = segmenter.encode(x)
     if stride > 1:
         h, w = z.shape[-2:]
         z = nn.functional.adaptive_avg_pool2d(z, (max(h // stride, 1), max(w // stride, 1)))
-    mean_p = mean_entropy = mean_binary = None
-    for _ in range(samples):
+
+    def sample() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One head pass: class probabilities, their p log p, per-class binary entropies."""
         # From log-probabilities: p log p and (1-p) log(1-p) cost one exp and one log1p, the
         # most expensive part of the loop (the head itself is a 1x1 convolution).
-        log_p = torch.log_softmax(model.head(z), dim=1)
+        log_p = torch.log_softmax(segmenter.head(z), dim=1)
         p = log_p.exp()
         p_log_p = p * log_p
-        binary = -(p_log_p + (1 - p) * torch.log1p(-p.clamp_max(1 - 1e-7)))
-        if mean_p is None:
-            mean_p, mean_entropy, mean_binary = p, -p_log_p.sum(1), binary
-        else:
-            mean_p += p
-            mean_entropy -= p_log_p.sum(1)
-            mean_binary += binary
+        return p, p_log_p, -(p_log_p + (1 - p) * torch.log1p(-p.clamp_max(1 - 1e-7)))
+
+    mean_p, p_log_p, mean_binary = sample()
+    mean_entropy = -p_log_p.sum(1)
+    for _ in range(samples - 1):
+        p, p_log_p, binary = sample()
+        mean_p += p
+        mean_entropy -= p_log_p.sum(1)
+        mean_binary += binary
     mean_p /= samples
     mean_entropy /= samples
     mean_binary /= samples

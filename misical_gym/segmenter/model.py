@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
+
+
+class Segmenter(Protocol):
+    """What the package reads of a segmenter module beyond ``nn.Module``'s own interface.
+
+    ``nn.Module`` types the attributes it does not know as tensors or submodules, so code that
+    calls these on a module given as ``nn.Module`` views it through this protocol.
+    """
+
+    num_classes: int
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def head(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -24,7 +40,8 @@ class SmallUNet(nn.Module):
     followed by a 1x1 convolution, so MC dropout samples only the head. Skip connections keep
     thin objects (2-3 px strokes) segmentable, which a plain strided network loses.
 
-    Any module with ``encode``, ``head`` and ``num_classes`` can replace it.
+    Any module with ``encode``, ``head`` and ``num_classes`` (a :class:`Segmenter`) can replace
+    it.
 
     Args:
         num_classes: Output classes C.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -81,8 +82,9 @@ def masked_label(label: np.ndarray, boxes: np.ndarray | Sequence[Sequence[int]])
     return np.where(keep, label, np.uint8(IGNORE_INDEX)).astype(label.dtype)
 
 
-def check_retrainable(store: FeatureStore) -> None:
-    """Raise a :class:`StoreError` unless ``store`` can be retrained on (images and checkpoint).
+def check_retrainable(store: FeatureStore) -> Path:
+    """Raise a :class:`StoreError` unless ``store`` can be retrained on (images and checkpoint);
+    returns the segmenter checkpoint.
 
     Reads one image and builds the checkpoint's segmenter, so a dataset that moved since
     ``prepare``, or a checkpoint that names an unknown architecture, is reported here, not
@@ -99,6 +101,7 @@ def check_retrainable(store: FeatureStore) -> None:
         raise StoreError(f"{what} and its segmenter checkpoint, but the store has none")
     load_segmenter(checkpoint)
     _load(store, int(store.patches[0, 0]))
+    return checkpoint
 
 
 def retraining_set(store: FeatureStore, patch_ids: np.ndarray | Sequence[int]) -> RetrainingSet:
@@ -207,12 +210,12 @@ def retrain_iou(
     Raises:
         StoreError: the store cannot reach its images and labels, or has no checkpoint.
     """
-    check_retrainable(store)
+    checkpoint = check_retrainable(store)
     target_id = store.class_index(target)
     config = dataclasses.replace(RETRAIN_CONFIG, epochs=int(epochs), seed=int(seed))
     with cpu_threads(threads):
         torch_device = resolve_device(device)
-        model = load_segmenter(store.segmenter_checkpoint, torch_device)
+        model = load_segmenter(checkpoint, torch_device)
         data = retraining_set(store, patch_ids)
         height, width = data.images.shape[1:3]
         crop = (

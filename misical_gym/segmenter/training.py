@@ -7,7 +7,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from misical_gym.atomic import atomic_path
 from misical_gym.data.classes import IGNORE_INDEX
 from misical_gym.errors import StoreError
 from misical_gym.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from misical_gym.segmenter.model import Segmenter
 
 CLASS_WEIGHTINGS: tuple[str, ...] = ("sqrt", "inverse", "none")
 
@@ -124,7 +127,7 @@ def train_segmenter(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model.to(device).train()
-    num_classes = model.num_classes
+    num_classes = cast("Segmenter", model).num_classes
     weights = torch.from_numpy(
         class_weights(labels, num_classes, config.class_weighting, config.max_class_weight)
     ).to(device)
@@ -225,7 +228,8 @@ def segment_iou(
 ) -> np.ndarray:
     """Per-class IoU ``[C]`` of the deterministic prediction (NaN where undefined)."""
     predicted = predict_labels(model, images, device=device, batch_size=batch_size)
-    return iou_from_confusion(confusion_matrix(predicted, labels, model.num_classes))
+    num_classes = cast("Segmenter", model).num_classes
+    return iou_from_confusion(confusion_matrix(predicted, labels, num_classes))
 
 
 def save_segmenter(model: nn.Module, path: str | os.PathLike[str]) -> None:

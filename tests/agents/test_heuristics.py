@@ -78,3 +78,8 @@ def test_learn_changes_nothing(env) -> None:
     before = policy.predict(obs)[0]
     assert policy.learn(50) is policy and policy.num_timesteps == 50
     assert policy.predict(obs)[0] == before
+
+
+def test_another_env_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="expected a MiSiCAL env"):
+        HeuristicPolicy("bald", gym.make("CartPole-v1"))

@@ -14,6 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import misical_gym
 from misical_gym.envs import MiSiCALEnv, RewardFunction
+from misical_gym.envs.patch_selection import unwrap_misical
 from misical_gym.errors import StoreError
 from misical_gym.store import FeatureStore
 from misical_gym.testing import write_random_store
@@ -127,6 +128,18 @@ def test_default_target_is_skis_on_coco_classes(coco_shaped_store) -> None:
     env = make(coco_shaped_store)
     _, info = env.reset(seed=0)
     assert coco_shaped_store.class_names[info["target_class"]] == "skis"
+
+
+def test_unwrap_misical_reaches_through_wrappers(tiny_store) -> None:
+    env = make(tiny_store)
+    assert isinstance(env, gym.Wrapper)
+    assert isinstance(unwrap_misical(env), MiSiCALEnv)
+    assert unwrap_misical(env) is env.unwrapped is unwrap_misical(env.unwrapped)
+
+
+def test_unwrap_misical_names_another_env() -> None:
+    with pytest.raises(TypeError, match=r"expected a MiSiCAL env, got .*CartPole.*CartPoleEnv"):
+        unwrap_misical(gym.make("CartPole-v1"))
 
 
 # ---------------------------------------------------------------- semantics
