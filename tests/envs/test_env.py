@@ -53,6 +53,11 @@ def test_module_prefixed_id_imports_the_package(tiny_store: FeatureStore) -> Non
         f"env = gym.make('misical_gym:MiSiCAL-Store', root={str(tiny_store.path)!r})\n"
         "env.reset(seed=0); env.step(0)\n"
         "assert 'torch' not in sys.modules, 'the env path imported torch'\n"
+        "heavy = {'misical_gym.prepare', 'misical_gym.segmenter', 'misical_gym.features'}\n"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+        "gym.make_vec('MiSiCAL-Store', num_envs=2, "
+        f"vectorization_mode='vector_entry_point', root={str(tiny_store.path)!r}).reset(seed=0)\n"
+        "assert not (heavy | {'torch'}) & set(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
