@@ -45,11 +45,13 @@ from misical_gym.store import SPLITS, FeatureStore, check_destination
 SYNTHETIC_DEFAULTS: dict[str, Any] = {"images": 3000, "seed": 0, "image_size": 64}
 """The default synthetic world: 3,000 images of 64 px (300 test, 270 init, 2,430 pool)."""
 
-CAMVID_DEFAULTS: dict[str, Any] = {"image_size": 128, "epochs": 60, "init_fraction": 0.2}
+CAMVID_DEFAULTS: dict[str, Any] = {"image_size": 128, "epochs": 100, "init_fraction": 0.3}
 """``misical prepare camvid``'s settings where they differ from :class:`PrepareConfig`'s."""
 
-_VALIDATION_IMAGES = 200
-"""Test images whose mIoU is logged after every training epoch."""
+_VALIDATION_PIXELS = 200 * 64 * 64
+"""Network-input pixels of the test images whose mIoU is logged after every training epoch:
+200 synthetic images, 50 CamVid ones at 128 px. A budget in pixels keeps this logging a small
+share of an epoch at any image size."""
 
 
 @dataclass(frozen=True)
@@ -273,8 +275,9 @@ def _prepare(
         model, history = load_segmenter(checkpoint, device), cached["history"]
     else:
         init = np.flatnonzero(split_of == SPLITS.index("init"))
-        val = np.flatnonzero(split_of == SPLITS.index("test"))[:_VALIDATION_IMAGES]
         images, labels = _stack([load(int(i))[:2] for i in init])
+        val_count = max(1, _VALIDATION_PIXELS // (images.shape[1] * images.shape[2]))
+        val = np.flatnonzero(split_of == SPLITS.index("test"))[:val_count]
         val_images, val_labels = (
             _stack([load(int(i))[:2] for i in val]) if val.size else (None, None)
         )

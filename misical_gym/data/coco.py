@@ -501,18 +501,22 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise DatasetError(f"cannot read image {path}: {err}") from err
 
 
-def _read_raw_png(path: Path) -> np.ndarray:
+def _read_as_stored(path: Path, what: str) -> tuple[np.ndarray, str]:
+    """The pixels of a label image exactly as stored, and its PIL mode."""
     from PIL import Image
 
     if not path.is_file():
-        raise DatasetError(f"label map {path} not found")
+        raise DatasetError(f"{what} {path} not found")
     try:
         with Image.open(path) as im:
-            mode = im.mode
             # Raw indices: .convert() would map a palette PNG's indices to colours.
-            values = np.array(im)
+            return np.array(im), im.mode
     except (OSError, ValueError) as err:
-        raise DatasetError(f"cannot read label map {path}: {err}") from err
+        raise DatasetError(f"cannot read {what} {path}: {err}") from err
+
+
+def _read_raw_png(path: Path) -> np.ndarray:
+    values, mode = _read_as_stored(path, "label map")
     if values.ndim != 2 or values.dtype != np.uint8:
         raise DatasetError(
             f"label map {path} is a {mode!r} image; expected an 8-bit single-channel (L or P) PNG"

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from misical_gym.data.classes import IGNORE_INDEX
-from misical_gym.data.coco import _check_index, _check_same_size, _read_rgb, _require_dir
+from misical_gym.data.coco import (
+    _check_index,
+    _check_same_size,
+    _read_as_stored,
+    _read_rgb,
+    _require_dir,
+)
 from misical_gym.errors import DatasetError
 
 PathLike = str | os.PathLike[str]
@@ -404,17 +410,7 @@ class MaskFolder:
 
 def _read_mask(path: Path) -> np.ndarray:
     """A label mask as stored: ``[H, W]`` uint8 indices, or ``[H, W, 3]`` uint8 colours."""
-    from PIL import Image
-
-    if not path.is_file():
-        raise DatasetError(f"label mask {path} not found")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            # Raw: .convert() would map a palette PNG's indices to colours.
-            values = np.array(im)
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"cannot read label mask {path}: {err}") from err
+    values, mode = _read_as_stored(path, "label mask")
     channels = {"L": None, "P": None, "LA": 0, "PA": 0, "RGB": slice(3), "RGBA": slice(3)}
     if mode not in channels or values.dtype != np.uint8:
         raise DatasetError(

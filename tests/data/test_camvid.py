@@ -11,7 +11,6 @@ from PIL import Image
 
 from misical_gym.data import MaskFolder, open_dataset
 from misical_gym.data.camvid import CAMVID_TABLE, camvid_datasets
-from misical_gym.errors import StoreError
 from misical_gym.prepare import CAMVID_DEFAULTS, prepare
 from misical_gym.store import SPLITS, FeatureStore
 
@@ -85,14 +84,6 @@ def test_store_counts_equal_a_direct_count_of_the_label_pngs(camvid: Path, tmp_p
             y0, x0, y1, x1 = box
             direct = [np.count_nonzero(raw[y0:y1, x0:x1] == value) for value in range(11)]
             assert patch_counts.tolist() == direct
-
-
-def test_camvid_id_without_store_names_the_prepare_command(misical_home) -> None:
-    with pytest.raises(StoreError) as excinfo:
-        gym.make("MiSiCAL-CamVid")
-    message = str(excinfo.value)
-    assert str(misical_home / "camvid") in message
-    assert "misical prepare camvid --root" in message
 
 
 @pytest.mark.slow

@@ -62,12 +62,15 @@ def test_module_prefixed_id_imports_the_package(tiny_store: FeatureStore) -> Non
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_coco10k_without_store_says_what_to_run(misical_home) -> None:
+@pytest.mark.parametrize(
+    ("env_id", "store_name"), [("MiSiCAL-COCO10k", "coco10k"), ("MiSiCAL-CamVid", "camvid")]
+)
+def test_real_data_id_without_store_says_what_to_run(misical_home, env_id, store_name) -> None:
     with pytest.raises(StoreError) as excinfo:
-        gym.make("MiSiCAL-COCO10k")
+        gym.make(env_id)
     message = str(excinfo.value)
-    assert str(misical_home / "coco10k") in message
-    assert "misical prepare coco10k --root" in message
+    assert str(misical_home / store_name) in message
+    assert f"misical prepare {store_name} --root" in message
 
 
 def test_store_id_without_root_is_a_clear_error() -> None:

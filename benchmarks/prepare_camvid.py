@@ -1,0 +1,85 @@
+"""Time ``misical prepare camvid`` with its defaults and report the segmenter's per-class test IoU.
+
+Runs the preset (``misical_gym.prepare.prepare_camvid``) into a fresh store, and prints one JSON
+object: wall seconds; how loaded the machine was (it may be shared): the CPU count, the 1-minute
+load average sampled every 10 s during the run, and the CPU seconds this process got per wall
+second; and the frozen segmenter's test IoU for every class, as the store's manifest records it.
+``--out`` keeps the store (default: a temporary folder, removed afterwards); ``--json FILE`` also
+writes the report there.
+
+Usage: ``python benchmarks/prepare_camvid.py --root DIR [--out DIR] [--json FILE] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from misical_gym.atomic import atomic_write_text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="the CamVid folder")
+    parser.add_argument("--out", type=Path, help="store directory to keep (default: temporary)")
+    parser.add_argument("--json", type=Path, help="also write the report to this file")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
+    args = parser.parse_args()
+
+    from misical_gym.prepare import CAMVID_DEFAULTS, prepare_camvid
+
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample_load() -> None:
+        while True:
+            samples.append(os.getloadavg()[0])
+            if done.wait(10.0):
+                return
+
+    sampler = threading.Thread(target=sample_load, daemon=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or Path(scratch) / "camvid"
+        sampler.start()
+        start = time.perf_counter()
+        try:
+            store = prepare_camvid(
+                args.root, out, overwrite=args.out is not None, threads=args.threads
+            )
+        finally:
+            seconds = time.perf_counter() - start
+            done.set()
+            sampler.join()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        segmenter = store.manifest["segmenter"]
+        report = {
+            "command": "misical prepare camvid --root DIR",
+            "defaults": CAMVID_DEFAULTS,
+            "seconds": round(seconds, 1),
+            "cpus": os.cpu_count(),
+            "threads": store.manifest["config"]["prepare"]["threads"],
+            "load_average_1min": {
+                "mean": round(sum(samples) / len(samples), 2),
+                "max": round(max(samples), 2),
+            },
+            "cpu_seconds_per_wall_second": round((usage.ru_utime + usage.ru_stime) / seconds, 2),
+            "test_iou": {
+                name: None if iou is None else round(iou, 3)
+                for name, iou in zip(store.class_names, segmenter["test_iou"], strict=True)
+            },
+            "final_train_loss": round(segmenter["history"][-1]["loss"], 4),
+        }
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        atomic_write_text(args.json, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
