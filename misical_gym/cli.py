@@ -339,9 +339,16 @@ def summarize(store: Any) -> dict[str, Any]:
         "classes": store.num_classes,
         "rare_classes": [store.class_names[c] for c in store.rare_classes],
         "patches_per_split": {s: int(store.split_ids(s).size) for s in SPLITS},
+        "labelled_patches_per_split": {
+            s: int(store.split_ids(s, labelled=True).size) for s in SPLITS
+        },
+        "unlabelled_patches_per_split": {
+            s: int(store.split_ids(s, labelled=False).size) for s in SPLITS
+        },
+        # Over the labelled patches: an unlabelled patch's counts are unknown, not absent.
         "class_patch_frequency": {
             split: {
-                name: round(int(n) / max(int(store.split_ids(split).size), 1), 5)
+                name: round(int(n) / max(int(store.split_ids(split, labelled=True).size), 1), 5)
                 for name, n in zip(store.class_names, store.class_patches(split), strict=True)
             }
             for split in SPLITS

@@ -192,6 +192,7 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train if needed, select ``budget`` patches, and score the picks with the oracle counts."""
     import torch
 
+    from misical_gym.errors import StoreError
     from misical_gym.store import FeatureStore
     from misical_gym.train.select import select_patches
 
@@ -202,6 +203,12 @@ def run_job(job: Job) -> dict[str, Any]:
     )
     store = FeatureStore.open(job.store)
     ids = np.array([p["patch_id"] for p in selection["picks"]], dtype=np.int64)
+    if not store.labelled[ids].all():
+        # An unknown count is stored as 0: scoring it would read "no target" for "not known".
+        raise StoreError(
+            f"{store.path}: {int((~store.labelled[ids]).sum())} of the picks are unlabelled; "
+            "an evaluation scores picks by their oracle counts, so it needs a labelled pool"
+        )
     counts = np.asarray(store.counts[ids, selection["target_id"]], dtype=np.int64)
     iou = None
     if job.retrain:
