@@ -408,8 +408,10 @@ class FeatureStore:
             "class_patches": _class_patches(new["counts"], new["patches"]),
             "dataset": dict(self.dataset if dataset is None else dataset),
             "arrays": dict(self.manifest["arrays"]),
+            # Files exported before this update (picks, annotations) name the store as it was.
+            "lineage": [*self.manifest.get("lineage", []), self.fingerprint],
         }
-        _remove_stale_arrays(self.path, old_files)
+        _remove_leftovers(self.path, old_files)
         written = []
         try:
             for name in _ARRAYS:
@@ -454,6 +456,14 @@ class FeatureStore:
         """A digest of the manifest, which holds every array's checksum: two stores with the
         same fingerprint hold the same data."""
         return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()[:16]
+
+    def knows_fingerprint(self, fingerprint: str) -> bool:
+        """Whether ``fingerprint`` is this store's, now or before one of its updates.
+
+        :meth:`update` only labels patches or appends images, so a file made for an earlier
+        version of the store (picks sent to annotators) still names the same images and patches.
+        """
+        return fingerprint == self.fingerprint or fingerprint in self.manifest.get("lineage", [])
 
     @cached_property
     def layout(self) -> FeatureLayout:
@@ -658,11 +668,13 @@ def _save_array(file: Path, name: str, array: np.ndarray) -> dict[str, Any]:
     return {"file": file.name, "dtype": dtype, "shape": list(data.shape), "crc32": file_crc32(file)}
 
 
-def _remove_stale_arrays(path: Path, current: set[str]) -> None:
-    """Remove array files a killed :meth:`FeatureStore.update` left in ``path``: names of its
-    own pattern (``<array>.<hex>.npy``) that the manifest does not name."""
-    for name in _ARRAYS:
-        for file in path.glob(f"{name}.*.npy"):
+def _remove_leftovers(path: Path, current: set[str]) -> None:
+    """Remove what a killed :meth:`FeatureStore.update` left in ``path``: array files of its own
+    pattern (``<array>.<hex>.npy``) that the manifest does not name, and the manifest's
+    temporary file (:func:`~misical_gym.atomic.atomic_path`'s ``.manifest.json.<hex>.tmp``)."""
+    patterns = [f"{name}.*.npy" for name in _ARRAYS] + [f".{MANIFEST}.*.tmp"]
+    for pattern in patterns:
+        for file in path.glob(pattern):
             if file.name not in current and file.is_file() and not file.is_symlink():
                 file.unlink()
 
@@ -797,6 +809,9 @@ def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
         )
     ):
         fail("files", "file names inside the store, each with a crc32")
+    lineage = manifest.get("lineage", [])
+    if not (isinstance(lineage, list) and all(isinstance(v, str) for v in lineage)):
+        fail("lineage", "a list of fingerprints")
     segmenter = manifest.get("segmenter")
     if segmenter is not None and not (
         isinstance(segmenter, dict)
