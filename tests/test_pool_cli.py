@@ -302,3 +302,55 @@ def test_killed_label_leaves_the_store_as_it_was(store, pool_data, tmp_path, poi
     assert manifest_bytes(again) == manifest and not again.labelled[again.split_ids("pool")].all()
     assert main(["label", str(store.path), "--annotations", str(answers)]) == 0
     assert FeatureStore.open(store.path).split_ids("pool", labelled=False).size == 0
+
+
+# --- CamVid's own labels play the annotator ---------------------------------------------------
+
+CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "camvid"
+
+
+def test_camvid_labels_brought_back_equal_the_dataset_counts(tmp_path, capsys) -> None:
+    """Prepare 8 CamVid images with 3 more unlabelled, then label those from CamVid's labels."""
+    if not (CAMVID / "train.txt").is_file():
+        pytest.skip("the shared CamVid folder is not present")
+    from misical_gym.data import MaskFolder
+    from misical_gym.data.camvid import CAMVID_TABLE
+    from misical_gym.data.masks import mask_to_train_ids, read_mask
+    from misical_gym.prepare import prepare
+
+    names = sorted(p.name for p in (CAMVID / "train").glob("*.png"))[:11]
+    for folder in ("images", "labels", "unlabelled", "answers"):
+        (tmp_path / folder).mkdir()
+    for name in names[:8]:
+        shutil.copy(CAMVID / "train" / name, tmp_path / "images" / name)
+        shutil.copy(CAMVID / "trainannot" / name, tmp_path / "labels" / name)
+    for name in names[8:]:
+        shutil.copy(CAMVID / "train" / name, tmp_path / "unlabelled" / name)
+        shutil.copy(CAMVID / "trainannot" / name, tmp_path / "answers" / name)  # held back
+    data = MaskFolder(CAMVID_TABLE, tmp_path / "images", tmp_path / "labels")
+    store = prepare(
+        data,
+        tmp_path / "camvid",
+        unlabelled=tmp_path / "unlabelled",
+        epochs=1,
+        mc_samples=2,
+        image_size=32,
+        init_fraction=0.3,
+        test_fraction=0.2,
+        threads=1,
+        progress=False,
+    )
+    assert store.split_ids("pool", labelled=False).size == 3 * 16
+    argv = ["label", str(store.path), "--annotations", str(tmp_path / "answers")]
+    assert main(argv) == 0
+    # Every pixel of a CamVid label is a class or Unlabelled (void): every patch is covered.
+    assert json.loads(capsys.readouterr().out)["labelled"] == 3 * 16
+    after = FeatureStore.open(store.path)
+    assert after.split_ids("pool", labelled=False).size == 0
+    for name in names[8:]:
+        index = after.image_ids.index(Path(name).stem)
+        ids = np.flatnonzero(np.asarray(after.patches[:, 0]) == index)
+        path = CAMVID / "trainannot" / name
+        label = mask_to_train_ids(read_mask(path), path, CAMVID_TABLE)
+        expect = patch_class_counts(label, after.grid, after.num_classes)
+        np.testing.assert_array_equal(np.asarray(after.counts)[ids], expect)
