@@ -315,16 +315,7 @@ class FeatureStore:
         }
         n = arrays["features"].shape[0] if arrays["features"].ndim == 2 else -1
         arrays["labelled"] = np.ones(max(n, 0), bool) if labelled is None else np.asarray(labelled)
-        expect = {
-            "features": (n, len(feature_names)),
-            "counts": (n, c),
-            "patches": (n, 4),
-            "image_sizes": (len(image_ids), 2),
-            "labelled": (n,),
-        }
-        for name, shape in expect.items():
-            if arrays[name].shape != shape:
-                raise StoreError(f"{name}: shape {arrays[name].shape}, expected {shape}")
+        _check_shapes(arrays, len(feature_names), c, len(image_ids))
         if n < 1:
             raise StoreError("a store needs at least one patch")
         try:
@@ -387,17 +378,8 @@ class FeatureStore:
             raise TypeError(f"unknown store array(s): {', '.join(sorted(unknown))}")
         new = {name: np.asarray(arrays.get(name, getattr(self, name))) for name in _ARRAYS}
         ids = list(self.image_ids if image_ids is None else image_ids)
-        n, c = new["features"].shape[0], self.num_classes
-        expect = {
-            "features": (n, len(self.feature_names)),
-            "counts": (n, c),
-            "patches": (n, 4),
-            "image_sizes": (len(ids), 2),
-            "labelled": (n,),
-        }
-        for name, shape in expect.items():
-            if new[name].shape != shape:
-                raise StoreError(f"{name}: shape {new[name].shape}, expected {shape}")
+        _check_shapes(new, len(self.feature_names), self.num_classes, len(ids))
+        n = new["features"].shape[0]
         check_values(**new, grid=self.grid)
         old_files = {meta["file"] for meta in self.manifest["arrays"].values()}
         manifest = {
@@ -650,6 +632,23 @@ def check_values(
             f"patch {first_patch + over[0]} counts more labelled pixels than its {areas[over[0]]} "
             f"(the {grid.rows}x{grid.cols} grid does not fit the counts)"
         )
+
+
+def _check_shapes(
+    arrays: Mapping[str, np.ndarray], num_features: int, num_classes: int, num_images: int
+) -> None:
+    """Raise a :class:`StoreError` unless the arrays to write have one shape of one store."""
+    n = arrays["features"].shape[0] if arrays["features"].ndim == 2 else -1
+    expect = {
+        "features": (n, num_features),
+        "counts": (n, num_classes),
+        "patches": (n, 4),
+        "image_sizes": (num_images, 2),
+        "labelled": (n,),
+    }
+    for name, shape in expect.items():
+        if arrays[name].shape != shape:
+            raise StoreError(f"{name}: shape {arrays[name].shape}, expected {shape}")
 
 
 def _class_patches(counts: np.ndarray, patches: np.ndarray) -> dict[str, list[int]]:

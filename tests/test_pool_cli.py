@@ -354,3 +354,17 @@ def test_camvid_labels_brought_back_equal_the_dataset_counts(tmp_path, capsys) -
         label = mask_to_train_ids(read_mask(path), path, CAMVID_TABLE)
         expect = patch_class_counts(label, after.grid, after.num_classes)
         np.testing.assert_array_equal(np.asarray(after.counts)[ids], expect)
+
+
+def test_retraining_refuses_picks_on_images_added_without_labels(store, pool_data, tmp_path):
+    from misical_gym.errors import StoreError
+    from misical_gym.segmenter.retrain import retraining_set
+
+    answers = write_answers(tmp_path / "answers", pool_data, NEW)
+    assert main(["label", str(store.path), "--annotations", str(answers)]) == 0
+    after = FeatureStore.open(store.path)
+    picks = np.flatnonzero(np.asarray(after.patches[:, 0]) == after.image_ids.index(NEW[0]))
+    with pytest.raises(StoreError, match="added without labels"):
+        retraining_set(after, picks[:2])
+    labelled_pool = np.setdiff1d(after.split_ids("pool"), picks)
+    assert retraining_set(after, labelled_pool[:2]).labels.shape[0] > 0

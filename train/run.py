@@ -548,12 +548,19 @@ def main(args: argparse.Namespace) -> int:
             device=args.device,
             threads=args.threads,
         ).run_dir
-        print((run_dir / "summary.json").read_text())
-        print(f"run written to {run_dir}", file=sys.stderr)
-        return 0
-    if args.agent is None or args.env is None:
+        logdir = run_dir.parent
+    elif args.agent is None or args.env is None:
         raise ValueError("misical train needs --agent and --env (or --resume RUN)")
-    run_dir = run_training(
+    else:
+        run_dir, logdir = _train_from_arguments(args), args.logdir
+    print((run_dir / "summary.json").read_text())
+    print(f"run written to {run_dir}; tensorboard --logdir {logdir}", file=sys.stderr)
+    return 0
+
+
+def _train_from_arguments(args: argparse.Namespace) -> Path:
+    """``misical train``'s arguments (without ``--resume``) to :func:`run_training`."""
+    return run_training(
         args.agent,
         args.env,
         env_kwargs=parse_env_kwargs(args.env_kwargs),
@@ -570,6 +577,3 @@ def main(args: argparse.Namespace) -> int:
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
     ).run_dir
-    print((run_dir / "summary.json").read_text())
-    print(f"run written to {run_dir}; tensorboard --logdir {args.logdir}", file=sys.stderr)
-    return 0
