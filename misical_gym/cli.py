@@ -406,31 +406,39 @@ def _add_label(commands: Any) -> None:
     label = commands.add_parser(
         "label",
         help="take returned annotations in: their patches' oracle counts, marked labelled",
-        description="Read annotations of a store's images and turn them into the oracle counts "
-        "of the patches they cover. A patch becomes labelled only when the annotation covers "
-        "every pixel of it (with a class, or the dataset's ignore class); a patch with any "
+        description="Read annotations of a store's images and turn them into the oracle "
+        "counts of the patches they cover. A patch becomes labelled only when the annotation "
+        "covers every pixel of it (with a class, or the dataset's ignore class); a patch with any "
         "unannotated pixel keeps unknown counts. Images are matched by the dataset's file "
         "names. masks: a folder of label PNGs named as the images, in the dataset's encoding "
         "(value 255 = not annotated); masks carry no store id and are matched by file name "
-        "only. coco: COCO JSON (polygons or RLE), categories matched by class name, pixels no "
-        "annotation covers not annotated; its info's misical_store and misical_fingerprint, "
-        "when present, must name this store. Nothing changes when anything is refused (an "
-        "image the store does not know, a size mismatch, another store's fingerprint); "
-        "labelling again is idempotent, and the store is rewritten atomically.",
+        "only, unless --picks names the selection they answer. coco: COCO JSON (polygons or "
+        "RLE), categories matched by class name, pixels no annotation covers not annotated; its"
+        " info's misical_store and misical_fingerprint, when present, must name this store. "
+        "Nothing changes when anything is refused (an image the store does not know, a size "
+        "mismatch, another store's fingerprint); labelling again is idempotent, and the store "
+        "is rewritten atomically.",
     )
     label.add_argument("store", type=Path, help="store directory")
     label.add_argument("--annotations", type=Path, required=True, help="annotation file or folder")
     label.add_argument("--format", default="masks", choices=FORMATS, help="(masks)")
+    label.add_argument(
+        "--picks",
+        type=Path,
+        help="the misical select JSON the annotations answer: only its patches are labelled "
+        "(each checked against the store: its image and box)",
+    )
     label.set_defaults(run=_run_label)
 
 
 def _run_label(args: argparse.Namespace) -> int:
     from misical_gym.annotations import read_annotations
-    from misical_gym.annotations.apply import label_patches
+    from misical_gym.annotations.apply import label_patches, read_picks
     from misical_gym.store import FeatureStore
 
     store = FeatureStore.open(args.store)
-    summary = label_patches(store, read_annotations(args.annotations, args.format, store))
+    only = None if args.picks is None else read_picks(args.picks, store)
+    summary = label_patches(store, read_annotations(args.annotations, args.format, store), only)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -368,3 +368,53 @@ def test_retraining_refuses_picks_on_images_added_without_labels(store, pool_dat
         retraining_set(after, picks[:2])
     labelled_pool = np.setdiff1d(after.split_ids("pool"), picks)
     assert retraining_set(after, labelled_pool[:2]).labels.shape[0] > 0
+
+
+def picks_file(path: Path, store: FeatureStore, ids: np.ndarray, **extra: object) -> Path:
+    """A ``misical select`` JSON of the patches ``ids``."""
+    picks = [
+        {"patch_id": int(i), "image_id": store.image_ids[int(store.patches[i, 0])], "box": box}
+        for i, box in zip(ids, store.boxes(ids).tolist(), strict=True)
+    ]
+    path.write_text(json.dumps({"store": str(store.path), "picks": picks, **extra}))
+    return path
+
+
+def test_label_with_picks_labels_only_the_picked_patches(store, pool_data, tmp_path, capsys):
+    answers = write_answers(tmp_path / "answers", pool_data, NEW)  # whole images annotated
+    ids = store.split_ids("pool", labelled=False)[[0, 5, 20]]
+    picks = picks_file(tmp_path / "picks.json", store, ids, store_fingerprint=store.fingerprint)
+    argv = ["label", str(store.path), "--annotations", str(answers), "--picks", str(picks)]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "labelled": 3,
+        "unchanged": 0,
+        "partial": 0,
+        "images": 3,
+        "not_picked": 45,
+    }
+    after = FeatureStore.open(store.path)
+    np.testing.assert_array_equal(np.flatnonzero(~np.asarray(store.labelled) & after.labelled), ids)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["picks"][0]["box"].__setitem__(0, 1), "is not a patch of store"),
+        (lambda d: d["picks"][1].__setitem__("image_id", "u9"), "is not a patch of store"),
+        (lambda d: d.__setitem__("store", "/elsewhere/other"), "was made for store 'other'"),
+        (lambda d: d.__setitem__("store_fingerprint", "0" * 16), "was made for store"),
+        (lambda d: d.pop("picks"), "not a misical select JSON"),
+    ],
+)
+def test_label_refuses_picks_of_another_store(store, pool_data, tmp_path, capsys, edit, message):
+    answers = write_answers(tmp_path / "answers", pool_data, NEW)
+    path = picks_file(tmp_path / "picks.json", store, store.split_ids("pool", labelled=False)[:3])
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    manifest = manifest_bytes(store)
+    argv = ["label", str(store.path), "--annotations", str(answers), "--picks", str(path)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert manifest_bytes(FeatureStore.open(store.path)) == manifest

@@ -8,26 +8,38 @@ the same counts is left alone, and with different counts is refused (nothing cha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from misical_gym.annotations.base import Annotation, check_label
+from misical_gym.annotations.base import Annotation, check_label, check_store_id
 from misical_gym.data.classes import IGNORE_INDEX
 from misical_gym.errors import DatasetError
 from misical_gym.store import FeatureStore
 
 
-def label_patches(store: FeatureStore, annotations: Sequence[Annotation]) -> dict[str, Any]:
+def label_patches(
+    store: FeatureStore,
+    annotations: Sequence[Annotation],
+    only: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Count the classes of every fully annotated patch, mark it labelled, update the store.
 
     All annotations are checked before anything is written, and the store is rewritten once,
     atomically (:meth:`FeatureStore.update`); with nothing new it is not touched at all.
 
+    Args:
+        store: The store.
+        annotations: One per image.
+        only: Patch ids to label (the picks sent for annotation); None: every covered patch.
+
     Returns:
         ``{"labelled": newly labelled patches, "unchanged": patches labelled before with the
-        same counts, "partial": patches of annotated images not fully covered, "images": n}``.
+        same counts, "partial": patches of annotated images not fully covered, "not_picked":
+        patches left alone because ``only`` does not hold them, "images": n}``.
 
     Raises:
         DatasetError: a label is of the wrong size or holds unknown ids, two annotations name
@@ -39,7 +51,12 @@ def label_patches(store: FeatureStore, annotations: Sequence[Annotation]) -> dic
         np.asarray(store.patches[order, 0]), np.arange(len(store.image_ids) + 1)
     )
     seen: set[int] = set()
+    picked = None if only is None else np.zeros(store.num_patches, dtype=bool)
+    if picked is not None:
+        picked[only] = True
     summary = {"labelled": 0, "unchanged": 0, "partial": 0, "images": len(annotations)}
+    if picked is not None:
+        summary["not_picked"] = 0
     for annotation in annotations:
         index = annotation.image_index
         name = store.image_ids[index]
@@ -50,6 +67,9 @@ def label_patches(store: FeatureStore, annotations: Sequence[Annotation]) -> dic
         ids = order[starts[index] : starts[index + 1]]
         annotated = annotation.annotated
         for patch, (y0, x0, y1, x1) in zip(ids, store.boxes(ids), strict=True):
+            if picked is not None and not picked[patch]:
+                summary["not_picked"] += 1
+                continue
             if not annotated[y0:y1, x0:x1].all():
                 summary["partial"] += 1
                 continue
@@ -68,3 +88,49 @@ def label_patches(store: FeatureStore, annotations: Sequence[Annotation]) -> dic
     if summary["labelled"]:
         store.update(counts=counts, labelled=labelled)
     return summary
+
+
+def read_picks(path: Path, store: FeatureStore) -> np.ndarray:
+    """The patch ids of a ``misical select`` JSON file, checked against ``store``.
+
+    Every pick must name a patch of the store with its image and box as the store has them,
+    so picks of another store (or an edited file) are refused, not silently misapplied; a
+    ``store_fingerprint`` in the file, when there is one, must be one of the store's.
+
+    Raises:
+        DatasetError: the file is not a selection of this store.
+    """
+    try:
+        selection = json.loads(Path(path).read_text(encoding="utf-8"))
+        store_name = Path(selection["store"]).name
+        picks = selection["picks"]
+        ids = np.array([int(p["patch_id"]) for p in picks], dtype=np.int64)
+        names = [str(p["image_id"]) for p in picks]
+        boxes = np.array([[int(v) for v in p["box"]] for p in picks], dtype=np.int64)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"--picks {path}: cannot read it as JSON ({exc})") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(
+            f"--picks {path}: not a misical select JSON file (store, picks with patch_id, "
+            f"image_id and box): {type(exc).__name__}: {exc}"
+        ) from None
+    if "store_fingerprint" in selection:
+        check_store_id(store, store_name, selection["store_fingerprint"], path)
+    elif store_name != store.path.name:
+        check_store_id(store, store_name, None, path)
+    inside = (ids >= 0) & (ids < store.num_patches)
+    same = np.zeros(len(ids), dtype=bool)
+    if inside.any():
+        real = store.boxes(ids[inside])
+        images = [store.image_ids[i] for i in np.asarray(store.patches[ids[inside], 0])]
+        same[inside] = (real == boxes[inside].reshape(-1, 4)).all(axis=1) & (
+            np.array(images) == np.array(names)[inside]
+        )
+    if not same.all():
+        bad = int(np.flatnonzero(~same)[0])
+        raise DatasetError(
+            f"--picks {path}: pick {bad} (patch {ids[bad]}, image {names[bad]!r}, box "
+            f"{boxes[bad].tolist()}) is not a patch of store {store.path.name!r}; the picks come "
+            "from another store or were edited"
+        )
+    return ids
