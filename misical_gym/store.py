@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from misical_gym.atomic import atomic_directory, atomic_write_text
+from misical_gym.atomic import atomic_directory, atomic_write_text, file_lock
 from misical_gym.data.patches import PatchGrid
 from misical_gym.errors import StoreError
 from misical_gym.layout import FeatureLayout
@@ -52,6 +52,8 @@ SCHEMA_VERSION = 2
 unlabelled) are still read, as all labelled, so every existing store and result stays valid."""
 READABLE_VERSIONS: tuple[int, ...] = (1, 2)
 MANIFEST = "manifest.json"
+_LOCK = ".update.lock"
+"""Held by :meth:`FeatureStore.update`: one writer at a time."""
 SPLITS: tuple[str, ...] = ("init", "pool", "test")
 """Split names; ``patches[:, 3]`` holds the index of a patch's split in this tuple."""
 _ARRAYS: dict[str, tuple[str, str]] = {
@@ -363,7 +365,9 @@ class FeatureStore:
         a writer killed at any moment leaves the store as it was, or as it is now, and never a
         mix. The files the old manifest named are removed once the new one is in place, and a
         killed writer's fresh files are removed by the next update (both only ever the store's
-        own array files). A version 1 store is written as version 2, with its label state.
+        own array files). Updates hold a lock, one at a time, and an update of a store that
+        another one changed since it was opened is refused (its arrays would undo that change).
+        A version 1 store is written as version 2, with its label state.
 
         Args:
             image_ids: The new image ids (with new ``image_sizes``, when images were added).
@@ -371,8 +375,23 @@ class FeatureStore:
             **arrays: New ``features``, ``counts``, ``patches``, ``image_sizes``, ``labelled``.
 
         Raises:
-            StoreError: an array has the wrong shape or dtype, or values a store may not hold.
+            StoreError: an array has the wrong shape or dtype, or values a store may not hold,
+                or the store changed since it was opened.
         """
+        with file_lock(self.path / _LOCK):
+            return self._update_locked(image_ids, dataset, arrays)
+
+    def _update_locked(
+        self,
+        image_ids: Sequence[str] | None,
+        dataset: Mapping[str, Any] | None,
+        arrays: Mapping[str, np.ndarray],
+    ) -> FeatureStore:
+        if _digest(self.path / MANIFEST) != self.fingerprint:
+            raise StoreError(
+                f"{self.path} changed since it was opened (another label or add-images ran); "
+                "nothing changed: run the command again"
+            )
         unknown = set(arrays) - set(_ARRAYS)
         if unknown:
             raise TypeError(f"unknown store array(s): {', '.join(sorted(unknown))}")
@@ -437,7 +456,7 @@ class FeatureStore:
     def fingerprint(self) -> str:
         """A digest of the manifest, which holds every array's checksum: two stores with the
         same fingerprint hold the same data."""
-        return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()[:16]
+        return _digest(self.path / MANIFEST)
 
     def knows_fingerprint(self, fingerprint: str) -> bool:
         """Whether ``fingerprint`` is this store's, now or before one of its updates.
@@ -649,6 +668,10 @@ def _check_shapes(
     for name, shape in expect.items():
         if arrays[name].shape != shape:
             raise StoreError(f"{name}: shape {arrays[name].shape}, expected {shape}")
+
+
+def _digest(manifest: Path) -> str:
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
 
 
 def _class_patches(counts: np.ndarray, patches: np.ndarray) -> dict[str, list[int]]:

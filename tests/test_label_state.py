@@ -87,7 +87,7 @@ def test_update_replaces_arrays_and_removes_the_old_files(mixed) -> None:
     np.testing.assert_array_equal(again.counts, counts)
     assert again.fingerprint != fingerprint and updated.fingerprint == again.fingerprint
     np.testing.assert_array_equal(again.features, mixed.features)
-    after = {p.name for p in mixed.path.iterdir()}
+    after = {p.name for p in mixed.path.iterdir()} - {".update.lock"}
     assert len(after) == len(before)  # two new array files, two old ones removed
     assert {"counts.npy", "labelled.npy"} <= before - after
     assert again.class_patches("pool")[1] == mixed.class_patches("pool")[1] + int(
@@ -144,3 +144,17 @@ def test_inspect_reports_label_state_per_split(mixed, capsys) -> None:
     expect = (np.asarray(mixed.counts)[known, 0] > 0).mean()
     assert summary["class_patch_frequency"]["pool"]["class0"] == pytest.approx(expect, abs=1e-5)
     assert summarize(mixed) == summary | {"path": str(mixed.path)}
+
+
+def test_an_update_from_a_stale_view_is_refused(mixed) -> None:
+    stale = FeatureStore.open(mixed.path)
+    assert stale.fingerprint == mixed.fingerprint
+    unknown = mixed.split_ids("pool", labelled=False)
+    labelled = np.array(mixed.labelled)
+    labelled[unknown[:2]] = True
+    current = mixed.update(labelled=labelled)
+    manifest = (mixed.path / MANIFEST).read_bytes()
+    with pytest.raises(StoreError, match="changed since it was opened"):
+        stale.update(labelled=np.array(stale.labelled))  # would undo the labels above
+    assert (mixed.path / MANIFEST).read_bytes() == manifest
+    assert FeatureStore.open(mixed.path).labelled[unknown[:2]].all() and current.labelled.sum()

@@ -23,6 +23,7 @@ from tests.data.test_masks import VALUES, index_folder, write_classes, write_ima
 
 TINY = ["--epochs", "1", "--mc-samples", "2", "--init-fraction", "0.3", "--image-size", "16"]
 TINY += ["--threads", "1", "--test-fraction", "0.25"]
+ARRAYS = ("features", "counts", "patches", "image_sizes", "labelled")
 NEW = [f"u{k}" for k in range(3)]  # the unlabelled images; their labels are held back
 
 
@@ -166,7 +167,9 @@ def test_killed_add_images_leaves_the_store_as_it_was(store, pool_data, point) -
     assert manifest_bytes(again) == manifest and again.num_patches == n
     # The next update removes what the killed one left, and only that.
     assert main(["add-images", str(store.path), str(pool_data / "later"), "--threads", "1"]) == 0
-    assert len(list(store.path.iterdir())) == len(files)
+    assert {p.name for p in store.path.iterdir()} - {".update.lock"} == {
+        FeatureStore.open(store.path).manifest["arrays"][name]["file"] for name in ARRAYS
+    } | (files - {f"{name}.npy" for name in ARRAYS})
 
 
 # --- label -----------------------------------------------------------------------------------

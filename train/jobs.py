@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from misical_gym.agents.policy import CandidatePolicy
+from misical_gym.atomic import file_lock
 from misical_gym.paths import safe_name
 from misical_gym.train.agents import AGENTS, HEURISTIC_AGENTS, load_hyperparams
 
@@ -155,8 +155,7 @@ def _training_lock(cache: Path) -> Iterator[None]:
     """One trainer per cached configuration: the jobs of every target share a goal-conditioned
     policy and may start at once, in other processes."""
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with file_lock(cache.with_suffix(".lock")):
         yield
 
 
