@@ -137,8 +137,9 @@ class FeatureStore:
                 f"no feature store at {path}: the directory {what}. "
                 "Create one with `misical prepare ...` (see `misical prepare --help`)."
             )
+        raw = manifest_path.read_bytes()
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{manifest_path}: not valid JSON ({exc})") from exc
         if not isinstance(manifest, dict):
@@ -186,6 +187,8 @@ class FeatureStore:
             if verify:
                 _verify_checksum(file, meta["crc32"])
         store = cls(path, manifest, arrays)
+        # Of the manifest as read now: an update checks that the store is still this one.
+        store.__dict__["fingerprint"] = hashlib.sha256(raw).hexdigest()[:16]
         store._check_consistency()
         if verify:
             store._verify_scanned()
@@ -671,6 +674,7 @@ def _check_shapes(
 
 
 def _digest(manifest: Path) -> str:
+    """The fingerprint of the manifest file (see :attr:`FeatureStore.fingerprint`)."""
     return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
 
 
