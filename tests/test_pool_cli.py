@@ -243,9 +243,15 @@ def test_label_refuses_and_changes_nothing(store, tmp_path, capsys, name, mask, 
     assert manifest_bytes(FeatureStore.open(store.path)) == manifest
 
 
-def coco_answers(path: Path, store: FeatureStore, stem: str, **info: str) -> Path:
+def coco_answers(
+    path: Path,
+    store: FeatureStore | None,
+    stem: str,
+    size: tuple[int, int] | None = None,
+    **info: str,
+) -> Path:
     """One image covered by one rectangle of 'car' (its top half) and one of 'road'."""
-    h, w = (int(v) for v in store.image_sizes[store.image_ids.index(stem)])
+    h, w = size or (int(v) for v in store.image_sizes[store.image_ids.index(stem)])
     boxes = {"car": [0, 0, w, h // 2], "road": [0, h // 2, w, h]}
     annotations = [
         {
@@ -421,3 +427,28 @@ def test_label_refuses_picks_of_another_store(store, pool_data, tmp_path, capsys
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert manifest_bytes(FeatureStore.open(store.path)) == manifest
+
+
+def test_coco_json_stores_match_annotations_by_file_name(tmp_path, capsys) -> None:
+    """A coco-json store's image ids are COCO ids; annotations name images by file_name."""
+    images, entries = tmp_path / "images", []
+    for k in range(8):
+        write_image(images / f"img_{k}.png", (8, 12), seed=k)
+        entries.append({"id": 100 + k, "file_name": f"img_{k}.png", "height": 8, "width": 12})
+    dataset = json.loads(coco_answers(tmp_path / "one.json", None, "img_0", (8, 12)).read_text())
+    dataset["images"] = entries
+    dataset["annotations"] = [
+        {**ann, "id": 10 * k + ann["id"], "image_id": 100 + k}
+        for k in range(8)
+        for ann in dataset["annotations"]
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(dataset))
+    argv = ["prepare", "coco-json", "--images", str(images), "--annotations"]
+    argv += [str(tmp_path / "train.json"), *TINY[:-2], "--out", str(tmp_path / "s")]
+    assert main(argv) == 0
+    store = FeatureStore.open(tmp_path / "s")
+    assert "103" in store.image_ids and "img_3" not in store.image_ids
+    answers = str(coco_answers(tmp_path / "a.json", store, "img_3", (8, 12)))
+    capsys.readouterr()
+    assert main(["label", str(store.path), "--annotations", answers, "--format", "coco"]) == 0
+    assert json.loads(capsys.readouterr().out)["unchanged"] == 16  # the same counts: matched

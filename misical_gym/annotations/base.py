@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,8 +46,9 @@ class Annotation:
 def match_image(store: FeatureStore, name: str, where: str) -> int:
     """The store's index of the image ``name`` (a file name, with or without folders or suffix).
 
-    The name matches an image id exactly (ids are paths without suffix), else by its last
-    component when exactly one image has that file name.
+    The name matches an image id exactly (ids are paths without suffix; a COCO JSON source's
+    images also match their ``file_name``), else by its last component when exactly one image
+    has that file name.
 
     Raises:
         DatasetError: no image of the store has that name, or several do.
@@ -57,7 +58,7 @@ def match_image(store: FeatureStore, name: str, where: str) -> int:
     for key in (str(path), str(path.with_suffix(""))):
         if key in ids["exact"]:
             return ids["exact"][key]
-    matches = ids["stem"].get(path.stem, [])
+    matches = ids["stem"].get(path.name) or ids["stem"].get(path.stem, [])
     if len(matches) == 1:
         return matches[0]
     if matches:
@@ -123,11 +124,39 @@ def check_store_id(
 
 
 def _image_lookup(store: FeatureStore) -> dict[str, dict]:
+    """Image indices by id and by file name; a COCO JSON source's images (whose ids are COCO
+    ids) also by their ``file_name``, the name annotation tools give them."""
     cache = store.__dict__.get("_image_lookup")
     if cache is None:
+        exact: dict[str, int] = {}
         stems: dict[str, list[int]] = {}
-        for index, image_id in enumerate(store.image_ids):
-            stems.setdefault(PurePosixPath(image_id).name, []).append(index)
-        cache = {"exact": {i: k for k, i in enumerate(store.image_ids)}, "stem": stems}
+
+        def add(index: int, keys: tuple[str, ...], stem: str) -> None:
+            for key in keys:
+                exact.setdefault(key, index)
+            if index not in stems.setdefault(stem, []):
+                stems[stem].append(index)
+
+        for index, image_id in enumerate(store.image_ids):  # ids are paths without suffix
+            add(index, (image_id,), PurePosixPath(image_id).name)
+        for index, file_name in _coco_file_names(store):
+            path = PurePosixPath(file_name)
+            add(index, (file_name, str(path.with_suffix(""))), path.stem)
+        cache = {"exact": exact, "stem": stems}
         store.__dict__["_image_lookup"] = cache
     return cache
+
+
+def _coco_file_names(store: FeatureStore) -> list[tuple[int, str]]:
+    """``(image index, file_name)`` of the store's images from COCO JSON sources."""
+    from misical_gym.data import open_dataset
+
+    sources, items = store.dataset.get("sources", []), store.dataset.get("items", [])
+    opened: dict[int, Any] = {}
+    names = []
+    for index, (source, item) in enumerate(items):
+        if sources[source].get("kind") == "coco-json":
+            if source not in opened:
+                opened[source] = open_dataset(sources[source])
+            names.append((index, opened[source].file_name(item)))
+    return names
