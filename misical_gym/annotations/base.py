@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from misical_gym.data.classes import IGNORE_INDEX
-from misical_gym.errors import DatasetError
+from misical_gym.errors import DatasetError, StoreError
 
 if TYPE_CHECKING:
     from misical_gym.store import FeatureStore
@@ -154,9 +154,16 @@ def _coco_file_names(store: FeatureStore) -> list[tuple[int, str]]:
     sources, items = store.dataset.get("sources", []), store.dataset.get("items", [])
     opened: dict[int, Any] = {}
     names = []
-    for index, (source, item) in enumerate(items):
-        if sources[source].get("kind") == "coco-json":
-            if source not in opened:
-                opened[source] = open_dataset(sources[source])
-            names.append((index, opened[source].file_name(item)))
+    try:
+        for index, (source, item) in enumerate(items):
+            if sources[source].get("kind") == "coco-json":
+                if source not in opened:
+                    opened[source] = open_dataset(sources[source])
+                names.append((index, opened[source].file_name(item)))
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        if isinstance(exc, DatasetError):
+            raise
+        raise StoreError(
+            f"{store.path}: the manifest's record of its images is damaged ({exc!r})"
+        ) from None
     return names
