@@ -55,6 +55,8 @@ class CandidatePolicy(Protocol):
 class Agent(CandidatePolicy, Protocol):
     """A policy with SB3's interface: what ``misical train`` trains and saves."""
 
+    tensorboard_log: str | None
+
     def predict(
         self,
         observation: np.ndarray,

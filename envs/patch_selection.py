@@ -65,8 +65,11 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Starting State
 
-    The episode's pool is every patch of ``split``; ``pool_size`` candidates are drawn from it
-    uniformly without replacement. With ``target_class="random"`` a target is drawn uniformly
+    The episode's pool is every labelled patch of ``split``; ``pool_size`` candidates are drawn
+    from it uniformly without replacement. Unlabelled patches (images added without labels,
+    whose oracle counts are unknown) are never drawn, so no reward is ever paid for an unknown
+    count; they are for ``misical select --mode rank`` and ``misical label``. A split with no
+    labelled patch is refused. With ``target_class="random"`` a target is drawn uniformly
     from the classes that occur in the split.
 
     ## Episode End
@@ -93,7 +96,8 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
       ``"default"`` (the store's first designed rare class, else ``skis``).
     * ``budget``: patches picked per episode (default 32).
     * ``pool_size``: candidates shown per step, K (default 32).
-    * ``split``: ``"init"`` (labels known: pretraining) or ``"pool"`` (deployment).
+    * ``split``: ``"init"`` (labels known: pretraining) or ``"pool"`` (deployment); only its
+      labelled patches are drawn.
     * ``reward``, ``reward_bins``, ``reward_values``: the reward scheme and its categorical bins.
     * ``flatten``: flat observations (default True) for SB3's MLP policies.
     * ``target_onehot``: append a one-hot of the target to each row; defaults to True exactly
@@ -150,8 +154,17 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
                 "not record where they are; use render_mode='ansi'"
             )
         self.split = split
-        self.split_ids = self.store.split_ids(split)
+        # Only patches whose counts are known: an unknown count must never pay a reward.
+        self.split_ids = self.store.split_ids(split, labelled=True)
         if self.split_ids.size == 0:
+            unlabelled = self.store.split_ids(split, labelled=False).size
+            if unlabelled:
+                raise ValueError(
+                    f"split {split!r} of {self.store.path} holds no labelled patch (its "
+                    f"{unlabelled} patches have unknown counts): an environment draws only "
+                    "labelled patches, since it pays rewards from their counts. Label some with "
+                    "`misical label`, or rank the pool with `misical select --mode rank`."
+                )
             raise ValueError(f"split {split!r} of {self.store.path} holds no patches")
         self.budget = int(budget)
         self.pool_size = int(pool_size)

@@ -7,6 +7,7 @@ name behind, which no reader opens.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -100,3 +101,15 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
         raise NotADirectoryError(f"{existing} is a file, so the directory {path} cannot be made")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write in {existing} (permission denied)")
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block.
+
+    Processes that lock the same file run the block one at a time; the kernel drops the lock of
+    a killed process.
+    """
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

@@ -133,6 +133,7 @@ def _add_prepare(commands: Any) -> None:
     )
     coco_json.add_argument("--image-size", type=int, default=256, help="network input side (256)")
     _add_outside_root(coco_json, "file_name values")
+    _add_unlabelled(coco_json)
     common(coco_json, "coco-json")
 
     masks = kinds.add_parser(
@@ -179,6 +180,7 @@ def _add_prepare(commands: Any) -> None:
         help="treat label values or colours the classes file does not name as ignore",
     )
     masks.add_argument("--image-size", type=int, default=256, help="network input side (256)")
+    _add_unlabelled(masks)
     common(masks, "masks")
 
     camvid = kinds.add_parser(
@@ -191,11 +193,22 @@ def _add_prepare(commands: Any) -> None:
         default=CAMVID_DEFAULTS["image_size"],
         help=f"network input side ({CAMVID_DEFAULTS['image_size']})",
     )
+    _add_unlabelled(camvid)
     common(
         camvid,
         "camvid",
         init_fraction=CAMVID_DEFAULTS["init_fraction"],
         epochs=CAMVID_DEFAULTS["epochs"],
+    )
+
+
+def _add_unlabelled(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--unlabelled",
+        type=Path,
+        metavar="DIR",
+        help="a folder of images without labels: they join the pool split with features and "
+        "unknown counts (environments never draw them; rank and label them)",
     )
 
 
@@ -235,7 +248,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     elif args.dataset == "camvid":
-        store = prepare_camvid(args.root, out, config=config, overwrite=args.overwrite)
+        store = prepare_camvid(
+            args.root, out, config=config, unlabelled=args.unlabelled, overwrite=args.overwrite
+        )
     else:
         from misical_gym.data import CocoJson, CocoStuff10k, CocoStuff164k, SegmentationDataset
 
@@ -257,7 +272,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
             datasets = [
                 CocoJson(args.images, args.annotations, allow_outside_root=args.allow_outside_root)
             ]
-        store = prepare(datasets, out, config, overwrite=args.overwrite)
+        unlabelled = getattr(args, "unlabelled", None)  # masks and coco-json take it
+        store = prepare(datasets, out, config, unlabelled=unlabelled, overwrite=args.overwrite)
     print(json.dumps(describe_store(store), indent=1))
     print(f"store written to {store.path}", file=sys.stderr)
     return 0
@@ -339,9 +355,16 @@ def describe_store(store: Any) -> dict[str, Any]:
         "classes": store.num_classes,
         "rare_classes": [store.class_names[c] for c in store.rare_classes],
         "patches_per_split": {s: int(store.split_ids(s).size) for s in SPLITS},
+        "labelled_patches_per_split": {
+            s: int(store.split_ids(s, labelled=True).size) for s in SPLITS
+        },
+        "unlabelled_patches_per_split": {
+            s: int(store.split_ids(s, labelled=False).size) for s in SPLITS
+        },
+        # Over the labelled patches: an unlabelled patch's counts are unknown, not absent.
         "class_patch_frequency": {
             split: {
-                name: round(int(n) / max(int(store.split_ids(split).size), 1), 5)
+                name: round(int(n) / max(int(store.split_ids(split, labelled=True).size), 1), 5)
                 for name, n in zip(store.class_names, store.class_patches(split), strict=True)
             }
             for split in SPLITS
@@ -350,6 +373,74 @@ def describe_store(store: Any) -> dict[str, Any]:
         if test_iou is None
         else dict(zip(store.class_names, test_iou, strict=True)),
     }
+
+
+# ---------------------------------------------------------------------------- add-images
+def _add_add_images(commands: Any) -> None:
+    add = commands.add_parser(
+        "add-images",
+        help="add a folder of unlabelled images to a store's pool (the segmenter stays frozen)",
+        description="Compute the features of new, unlabelled images with the store's own "
+        "segmenter checkpoint and settings and add them to its pool split with unknown counts. "
+        "The store is rewritten atomically: a killed run leaves it as it was.",
+    )
+    add.add_argument("store", type=Path, help="store directory")
+    add.add_argument("images", type=Path, help="folder of new images (no labels)")
+    add.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
+    add.set_defaults(run=_run_add_images)
+
+
+def _run_add_images(args: argparse.Namespace) -> int:
+    from misical_gym.prepare import add_images
+
+    store = add_images(args.store, args.images, device=args.device, threads=args.threads)
+    print(json.dumps(describe_store(store), indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------- label
+def _add_label(commands: Any) -> None:
+    from misical_gym.annotations import FORMATS
+
+    label = commands.add_parser(
+        "label",
+        help="take returned annotations in: their patches' oracle counts, marked labelled",
+        description="Read annotations of a store's images and turn them into the oracle "
+        "counts of the patches they cover. A patch becomes labelled only when the annotation "
+        "covers every pixel of it (with a class, or the dataset's ignore class); a patch with any "
+        "unannotated pixel keeps unknown counts. Images are matched by the dataset's file "
+        "names. masks: a folder of label PNGs named as the images, in the dataset's encoding "
+        "(value 255 = not annotated); masks carry no store id and are matched by file name "
+        "only, unless --picks names the selection they answer. coco: COCO JSON (polygons or "
+        "RLE), categories matched by class name, pixels no annotation covers not annotated; its"
+        " info's misical_store and misical_fingerprint, when present, must name this store. "
+        "Nothing changes when anything is refused (an image the store does not know, a size "
+        "mismatch, another store's fingerprint); labelling again is idempotent, and the store "
+        "is rewritten atomically.",
+    )
+    label.add_argument("store", type=Path, help="store directory")
+    label.add_argument("--annotations", type=Path, required=True, help="annotation file or folder")
+    label.add_argument("--format", default="masks", choices=FORMATS, help="(masks)")
+    label.add_argument(
+        "--picks",
+        type=Path,
+        help="the misical select JSON the annotations answer: only its patches are labelled "
+        "(each checked against the store: its image and box)",
+    )
+    label.set_defaults(run=_run_label)
+
+
+def _run_label(args: argparse.Namespace) -> int:
+    from misical_gym.annotations import read_annotations
+    from misical_gym.annotations.apply import label_patches, read_picks
+    from misical_gym.store import FeatureStore
+
+    store = FeatureStore.open(args.store)
+    only = None if args.picks is None else read_picks(args.picks, store)
+    summary = label_patches(store, read_annotations(args.annotations, args.format, store), only)
+    print(json.dumps(summary, indent=1))
+    return 0
 
 
 # ---------------------------------------------------------------------------- train
@@ -448,6 +539,8 @@ _SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_demo,
     _add_prepare,
     _add_inspect,
+    _add_add_images,
+    _add_label,
     _add_train,
     _add_select,
     _add_evaluate,

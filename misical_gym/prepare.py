@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ from misical_gym.atomic import atomic_write_text, check_writable_dir
 from misical_gym.data.base import SegmentationDataset
 from misical_gym.data.patches import PatchGrid, split_indices
 from misical_gym.data.resize import resize_example
+from misical_gym.data.unlabelled import UnlabelledImages
+from misical_gym.errors import DatasetError
 from misical_gym.layout import FeatureLayout
 from misical_gym.paths import default_store_path
 from misical_gym.store import SPLITS, FeatureStore, check_destination
@@ -152,6 +154,7 @@ def prepare(
     splits: Sequence[np.ndarray] | None = None,
     model: Any = None,
     extra_dataset_info: dict[str, Any] | None = None,
+    unlabelled: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     **settings: Any,
@@ -174,12 +177,17 @@ def prepare(
             with ``encode(x)``, ``head(z)``, ``num_classes`` and a ``config`` dict of its
             constructor arguments (so its checkpoint can be rebuilt).
         extra_dataset_info: Merged into the manifest's ``dataset`` field (e.g. rare classes).
+        unlabelled: A folder of images without labels (:class:`UnlabelledImages`): they join
+            the pool split, get features, and their patches are unlabelled (counts unknown).
         overwrite: Replace an existing store.
         progress: Show progress bars (training and features).
         **settings: :class:`PrepareConfig` fields overriding ``config`` (e.g. ``epochs=5``).
 
     Returns:
         The written store, opened.
+
+    Raises:
+        DatasetError: an unlabelled image has the name of an image of the datasets.
     """
     from misical_gym.runtime import cpu_threads
 
@@ -196,6 +204,10 @@ def prepare(
     if any(tuple(s.class_names) != class_names for s in sources):
         raise ValueError("all datasets of a store must share one class list")
     splits = default_splits(sources, config) if splits is None else splits
+    if unlabelled is not None:
+        extra = UnlabelledImages(unlabelled, class_names)
+        check_new_image_ids([i for s in sources for i in s.image_ids], extra)
+        sources, splits = [*sources, extra], [*splits, np.full(len(extra), SPLITS.index("pool"))]
     if len(splits) != len(sources) or any(
         len(s) != len(codes) for s, codes in zip(sources, splits, strict=True)
     ):
@@ -223,9 +235,7 @@ def _prepare(
     progress: bool,
 ) -> FeatureStore:
     import torch
-    from tqdm.auto import tqdm
 
-    from misical_gym.features import mc_patch_features, patch_class_counts
     from misical_gym.runtime import resolve_device
     from misical_gym.segmenter import (
         SmallUNet,
@@ -244,15 +254,7 @@ def _prepare(
     class_names = tuple(sources[0].class_names)
     num_classes = len(class_names)
     items = [(k, i) for k, s in enumerate(sources) for i in range(len(s))]
-
-    def load(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Network image, network label and original label of store image ``index``."""
-        source, item = items[index]
-        image, label = sources[source][item]
-        if config.image_size is None:
-            return image, label, label
-        return (*resize_example(image, label, config.image_size), label)
-
+    load = _loader(sources, items, config.image_size)
     _check_images(sources, items, load, config, progress)
     if model is not None:
         register_segmenter(type(model))  # the caller's own class: its checkpoint may build it
@@ -317,39 +319,16 @@ def _prepare(
         counts = np.lib.format.open_memmap(partial["counts"], "w+", np.int32, (n * p, num_classes))
         image_sizes = np.empty((n, 2), dtype=np.int32)
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        # Dropout masks depend on the seed only, not on whether training ran or was resumed.
-        torch.manual_seed(config.seed)
-        bar = tqdm(total=n, desc="features", unit="img", disable=not progress)
-        start, pending = 0, None
-        while start < n:
-            batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-            while start + len(batch) < n and len(batch) < config.batch_size:
-                loaded = pending if pending is not None else load(start + len(batch))
-                pending = None
-                if batch and loaded[0].shape != batch[0][0].shape:
-                    pending = loaded  # a batch holds images of one network size
-                    break
-                batch.append(loaded)
-            stop = start + len(batch)
-            net_images = np.stack([b[0] for b in batch])
-            x = torch.from_numpy(net_images).to(device).permute(0, 3, 1, 2) / 255.0
-            rows = slice(start * p, stop * p)
-            features[rows] = mc_patch_features(
-                model, x, grid, config.mc_samples, config.mc_stride
-            ).reshape(-1, features.shape[1])
-            counts[rows] = np.concatenate(
-                [patch_class_counts(b[2], grid, num_classes) for b in batch]
-            )
-            image_sizes[start:stop] = [b[2].shape for b in batch]
+        for start, stop, batch in extract_features(
+            model, load, n, config, device, features, counts, image_sizes, progress
+        ):
             is_test = split_of[start:stop] == SPLITS.index("test")
             if is_test.any():
                 # IoU at the network's resolution, of the deterministic prediction.
-                predicted = predict_labels(model, net_images[is_test], device=device)
+                net_images = np.stack([b[0] for b, t in zip(batch, is_test, strict=True) if t])
+                predicted = predict_labels(model, net_images, device=device)
                 labels = np.stack([b[1] for b, t in zip(batch, is_test, strict=True) if t])
                 confusion += confusion_matrix(predicted, labels, num_classes)
-            bar.update(stop - start)
-            start = stop
-        bar.close()
         features.flush()
         counts.flush()
 
@@ -359,10 +338,14 @@ def _prepare(
         patches = np.stack(
             [image_index, cell // grid.cols, cell % grid.cols, split_of[image_index]], 1
         )
+        known = np.concatenate(
+            [np.full(len(s), not isinstance(s, UnlabelledImages)) for s in sources]
+        )
         return FeatureStore.write(
             out,
             features=features,
             counts=counts,
+            labelled=known[image_index],
             patches=patches,
             image_sizes=image_sizes,
             image_ids=[sources[s].image_ids[i] for s, i in items],
@@ -388,6 +371,59 @@ def _prepare(
     finally:
         for path in partial.values():
             path.unlink(missing_ok=True)
+
+
+def extract_features(
+    model: Any,
+    load: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    n: int,
+    config: PrepareConfig,
+    device: Any,
+    features: np.ndarray,
+    counts: np.ndarray,
+    image_sizes: np.ndarray,
+    progress: bool,
+) -> Iterator[tuple[int, int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]]:
+    """Fill every patch's features and oracle counts of images ``0..n-1``, a batch at a time.
+
+    Images are read with ``load`` (network image, network label, original label) and batched
+    by network size. Dropout masks depend on ``config.seed`` only, not on whether training ran
+    or was resumed.
+
+    Yields:
+        ``(start, stop, batch)``: the images ``start..stop-1`` just written, as loaded.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from misical_gym.features import mc_patch_features, patch_class_counts
+
+    grid, p, num_classes = config.grid, config.grid.num_patches, counts.shape[1]
+    torch.manual_seed(config.seed)
+    bar = tqdm(total=n, desc="features", unit="img", disable=not progress)
+    start, pending = 0, None
+    while start < n:
+        batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        while start + len(batch) < n and len(batch) < config.batch_size:
+            loaded = pending if pending is not None else load(start + len(batch))
+            pending = None
+            if batch and loaded[0].shape != batch[0][0].shape:
+                pending = loaded  # a batch holds images of one network size
+                break
+            batch.append(loaded)
+        stop = start + len(batch)
+        net_images = np.stack([b[0] for b in batch])
+        x = torch.from_numpy(net_images).to(device).permute(0, 3, 1, 2) / 255.0
+        rows = slice(start * p, stop * p)
+        features[rows] = mc_patch_features(
+            model, x, grid, config.mc_samples, config.mc_stride
+        ).reshape(-1, features.shape[1])
+        counts[rows] = np.concatenate([patch_class_counts(b[2], grid, num_classes) for b in batch])
+        image_sizes[start:stop] = [b[2].shape for b in batch]
+        yield start, stop, batch
+        bar.update(stop - start)
+        start = stop
+    bar.close()
 
 
 def prepare_synthetic(
@@ -483,6 +519,7 @@ def prepare_camvid(
     out: str | os.PathLike[str] | None = None,
     *,
     config: PrepareConfig | None = None,
+    unlabelled: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     **settings: Any,
@@ -497,6 +534,7 @@ def prepare_camvid(
         root: The CamVid folder.
         out: Store directory (default: ``default_store_path("camvid")``).
         config: Settings (default: :class:`PrepareConfig` with :data:`CAMVID_DEFAULTS`).
+        unlabelled: A folder of images without labels for the pool (see :func:`prepare`).
         overwrite: Replace an existing store.
         progress: Show progress bars.
         **settings: :class:`PrepareConfig` fields overriding ``config``.
@@ -513,9 +551,136 @@ def prepare_camvid(
         extra_dataset_info={
             "rare_classes": [CAMVID_CLASSES.index(name) for name in CAMVID_RARE_CLASSES]
         },
+        unlabelled=unlabelled,
         overwrite=overwrite,
         progress=progress,
         **settings,
+    )
+
+
+def check_new_image_ids(known: Sequence[str], new: UnlabelledImages) -> None:
+    """Refuse images whose names a store already has: annotations come back by image name.
+
+    An image id is a path without suffix; its last component is the file name.
+
+    Raises:
+        DatasetError: an image of ``new`` has a name in ``known``.
+    """
+    # By file name too: annotations may name an image by its file name alone.
+    taken = set(known) | {image_id.rsplit("/", 1)[-1] for image_id in known}
+    clash = [image_id for image_id in new.image_ids if image_id in taken]
+    if clash:
+        raise DatasetError(
+            f"{len(clash)} image(s) in {new.images} have the name of an image the store already "
+            f"has, e.g. {clash[0]!r}; annotations are matched back by image name, so rename them"
+        )
+
+
+def _loader(
+    sources: Sequence[SegmentationDataset],
+    items: Sequence[tuple[int, int]],
+    image_size: int | None,
+) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``load(index)``: network image, network label and original label of image ``index``."""
+
+    def load(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        source, item = items[index]
+        image, label = sources[source][item]
+        if image_size is None:
+            return image, label, label
+        return (*resize_example(image, label, image_size), label)
+
+    return load
+
+
+def add_images(
+    store: str | os.PathLike[str],
+    images: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> FeatureStore:
+    """Add a folder of unlabelled images to a store's pool, with the store's frozen segmenter.
+
+    The new images' patches get features exactly as ``prepare`` computed the others' (the
+    store's checkpoint, grid, image size, MC samples and stride) and unknown counts. The store
+    is rewritten atomically (:meth:`FeatureStore.update`): a killed run leaves it as it was.
+
+    Args:
+        store: The store directory.
+        images: The folder of new images (:class:`UnlabelledImages`).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: torch CPU threads (None: half the cores).
+        progress: Show progress bars.
+
+    Returns:
+        The updated store, opened.
+
+    Raises:
+        StoreError: the store cannot reach its images or has no segmenter checkpoint.
+        DatasetError: the folder is missing or empty, an image is unreadable, or an image has
+            the name of one the store already has.
+    """
+    from misical_gym.errors import StoreError
+    from misical_gym.runtime import cpu_threads, resolve_device
+    from misical_gym.segmenter import load_segmenter
+
+    opened = FeatureStore.open(store)
+    checkpoint = opened.segmenter_checkpoint
+    settings = opened.manifest["config"].get("prepare")
+    if not opened.can_reach_images or checkpoint is None or not isinstance(settings, dict):
+        raise StoreError(
+            f"{opened.path}: adding images needs the store's segmenter checkpoint, its prepare "
+            "settings and the record of its images, which only stores written by "
+            "`misical prepare` have"
+        )
+    try:
+        grid = PatchGrid(*settings["grid"])
+        config = PrepareConfig().replace(
+            **{**settings, "grid": grid, "device": device, "threads": threads}
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"{opened.path}: its prepare settings are damaged ({exc})") from None
+    new = UnlabelledImages(images, opened.class_names)
+    check_new_image_ids(opened.image_ids, new)
+    items = [(0, i) for i in range(len(new))]
+    load = _loader([new], items, config.image_size)
+    _check_images([new], items, load, config, progress)
+    m, p = len(new), config.grid.num_patches
+    features = np.empty((m * p, opened.features.shape[1]), dtype=np.float32)
+    counts = np.zeros((m * p, opened.num_classes), dtype=np.int32)
+    sizes = np.empty((m, 2), dtype=np.int32)
+    with cpu_threads(config.threads):
+        torch_device = resolve_device(config.device)
+        model = load_segmenter(checkpoint, torch_device)
+        for _ in extract_features(
+            model, load, m, config, torch_device, features, counts, sizes, progress
+        ):
+            pass  # the batches are written into the arrays
+    first = len(opened.image_ids)
+    cell = np.tile(np.arange(p), m)
+    patches = np.stack(
+        [
+            first + np.repeat(np.arange(m), p),
+            cell // config.grid.cols,
+            cell % config.grid.cols,
+            np.full(m * p, SPLITS.index("pool")),
+        ],
+        axis=1,
+    )
+    dataset = dict(opened.dataset)
+    source = len(dataset["sources"])
+    dataset["sources"] = [*dataset["sources"], new.spec]
+    dataset["items"] = [*dataset["items"], *([source, i] for i in range(m))]
+    return opened.update(
+        features=np.concatenate([opened.features, features]),
+        counts=np.concatenate([opened.counts, counts]),  # zeros: the labels are all 255
+        patches=np.concatenate([opened.patches, patches]),
+        image_sizes=np.concatenate([opened.image_sizes, sizes]),
+        labelled=np.concatenate([opened.labelled, np.zeros(m * p, dtype=bool)]),
+        image_ids=[*opened.image_ids, *new.image_ids],
+        dataset=dataset,
     )
 
 

@@ -7,14 +7,21 @@ A store is a directory::
     counts.npy        int32   [N, C]  oracle pixel count of every class (rewards, never observed)
     patches.npy       int32   [N, 4]  image index, grid row, grid col, split code
     image_sizes.npy   int32   [I, 2]  height and width of every image
+    labelled.npy      bool    [N]     whether a patch's oracle counts are known (schema 2)
     segmenter.pt      optional        the frozen segmenter's checkpoint
 
 Arrays are opened with ``numpy.load(mmap_mode="r")``, so opening a store costs almost no memory.
 A store is untrusted input: opening checks every manifest field's type, that every file it names
 lies inside the store, the shapes, the CRC-32 checksums and the values (features inside their
-bounds, counts non-negative and no larger than their patch, patches inside their image and grid),
-once per process and file version. Writing goes to a temporary directory that is renamed into
-place at the end, so a killed writer leaves no store that opens.
+bounds, counts non-negative and no larger than their patch, patches inside their image and grid,
+unknown counts all zero), once per process and file version.
+
+An unlabelled patch (``labelled`` False: an image added without labels) has features but
+unknown oracle counts. Its ``counts`` row is stored as zeros, which are not zeros: nothing may
+read them as such (the environments draw only labelled patches; ``misical label`` fills them).
+
+Writing goes to a temporary directory that is renamed into place at the end, so a killed writer
+leaves no store that opens; :meth:`FeatureStore.update` commits by renaming the manifest.
 This module imports NumPy only: the environments read stores without torch.
 """
 
@@ -24,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,13 +42,18 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from misical_gym.atomic import atomic_directory
+from misical_gym.atomic import atomic_directory, atomic_write_text, file_lock
 from misical_gym.data.patches import PatchGrid
 from misical_gym.errors import StoreError
 from misical_gym.layout import FeatureLayout
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 added ``labelled.npy``. Version 1 stores (written before any patch could be
+unlabelled) are still read, as all labelled, so every existing store and result stays valid."""
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
 MANIFEST = "manifest.json"
+_LOCK = ".update.lock"
+"""Held by :meth:`FeatureStore.update`: one writer at a time."""
 SPLITS: tuple[str, ...] = ("init", "pool", "test")
 """Split names; ``patches[:, 3]`` holds the index of a patch's split in this tuple."""
 _ARRAYS: dict[str, tuple[str, str]] = {
@@ -49,7 +62,10 @@ _ARRAYS: dict[str, tuple[str, str]] = {
     "counts": ("int32", "[N, C]"),
     "patches": ("int32", "[N, 4]"),
     "image_sizes": ("int32", "[I, 2]"),
+    "labelled": ("bool", "[N]"),
 }
+_SINCE_VERSION = {"labelled": 2}
+"""Arrays that older schema versions do not have."""
 _SCANNED = ("features", "counts")
 """The arrays whose checksums and values are checked in one read (nearly all of a store)."""
 _CHUNK = 16 << 20
@@ -99,6 +115,7 @@ class FeatureStore:
         self.counts: np.ndarray = arrays["counts"]
         self.patches: np.ndarray = arrays["patches"]
         self.image_sizes: np.ndarray = arrays["image_sizes"]
+        self._labelled: np.ndarray | None = arrays.get("labelled")
         self.class_names: tuple[str, ...] = tuple(manifest["class_names"])
         self.feature_names: tuple[str, ...] = tuple(manifest["feature_names"])
         self.image_ids: tuple[str, ...] = tuple(manifest["image_ids"])
@@ -120,8 +137,9 @@ class FeatureStore:
                 f"no feature store at {path}: the directory {what}. "
                 "Create one with `misical prepare ...` (see `misical prepare --help`)."
             )
+        raw = manifest_path.read_bytes()
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{manifest_path}: not valid JSON ({exc})") from exc
         if not isinstance(manifest, dict):
@@ -130,14 +148,17 @@ class FeatureStore:
                 "manifest. Prepare the store again."
             )
         version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise StoreError(
                 f"{manifest_path}: store schema version {version!r}, this package reads "
-                f"version {SCHEMA_VERSION}. Prepare the store again with this version."
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}. Prepare the store again "
+                "with this version."
             )
         _check_manifest(manifest, manifest_path)
         arrays = {}
         for name, (dtype, _) in _ARRAYS.items():
+            if name not in manifest["arrays"]:
+                continue  # an array of a later schema version (_check_manifest checked which)
             meta = manifest["arrays"][name]
             file = path / meta["file"]
             if not file.is_file():
@@ -166,6 +187,8 @@ class FeatureStore:
             if verify:
                 _verify_checksum(file, meta["crc32"])
         store = cls(path, manifest, arrays)
+        # Of the manifest as read now: an update checks that the store is still this one.
+        store.__dict__["fingerprint"] = hashlib.sha256(raw).hexdigest()[:16]
         store._check_consistency()
         if verify:
             store._verify_scanned()
@@ -180,6 +203,7 @@ class FeatureStore:
             "counts": (n, c),
             "patches": (n, 4),
             "image_sizes": (len(self.image_ids), 2),
+            "labelled": (n,),
         }
         for name, shape in expect.items():
             actual = getattr(self, name).shape
@@ -205,11 +229,12 @@ class FeatureStore:
         all of a store's bytes, are read once for both, in blocks of rows; a process checks one
         version of a store's files once.
         """
-        arrays = {name: self.path / self.manifest["arrays"][name]["file"] for name in _ARRAYS}
+        arrays = {name: self.path / meta["file"] for name, meta in self.manifest["arrays"].items()}
         key = tuple(_file_key(file) for file in (self.path / MANIFEST, *arrays.values()))
         if key in _values_checked:
             return
         patches = np.asarray(self.patches)  # 16 bytes a patch: small enough to read whole
+        labelled = np.asarray(self.labelled)
         sizes = np.asarray(self.image_sizes)
         step = max(1, _CHUNK // max(self.features[:1].nbytes, 1))
         blocks = zip(
@@ -229,6 +254,7 @@ class FeatureStore:
                         features=feature_rows,
                         counts=count_rows,
                         patches=patches[first : first + len(feature_rows)],
+                        labelled=labelled[first : first + len(feature_rows)],
                         image_sizes=sizes,
                         grid=self.grid,
                         first_patch=first,
@@ -253,6 +279,7 @@ class FeatureStore:
         class_names: Sequence[str],
         grid: PatchGrid,
         dataset: Mapping[str, Any],
+        labelled: np.ndarray | None = None,
         config: Mapping[str, Any] | None = None,
         segmenter: Mapping[str, Any] | None = None,
         files: Mapping[str, str | os.PathLike[str]] | None = None,
@@ -263,13 +290,14 @@ class FeatureStore:
         Args:
             path: Directory to create.
             features: ``[N, 3 + 2C]`` finite features in :class:`FeatureLayout` order.
-            counts: ``[N, C]`` non-negative oracle pixel counts.
+            counts: ``[N, C]`` non-negative oracle pixel counts (zeros where unlabelled).
             patches: ``[N, 4]`` image index, grid row, grid col, split code (index in SPLITS).
             image_sizes: ``[I, 2]`` image heights and widths.
             image_ids: ``I`` image ids.
             class_names: ``C`` unique class names.
             grid: The patch grid.
             dataset: How to reach the images again (``{"kind": ..., ...}``), JSON-serialisable.
+            labelled: ``[N]`` bool, whether each patch's counts are known (default: all).
             config: The settings that produced the store, for reproducibility.
             segmenter: Segmenter metadata, e.g. ``{"checkpoint": "segmenter.pt", "test_iou": []}``.
             files: Extra files to copy into the store, by name (e.g. the segmenter checkpoint).
@@ -291,15 +319,8 @@ class FeatureStore:
             "image_sizes": np.asarray(image_sizes),
         }
         n = arrays["features"].shape[0] if arrays["features"].ndim == 2 else -1
-        expect = {
-            "features": (n, len(feature_names)),
-            "counts": (n, c),
-            "patches": (n, 4),
-            "image_sizes": (len(image_ids), 2),
-        }
-        for name, shape in expect.items():
-            if arrays[name].shape != shape:
-                raise StoreError(f"{name}: shape {arrays[name].shape}, expected {shape}")
+        arrays["labelled"] = np.ones(max(n, 0), bool) if labelled is None else np.asarray(labelled)
+        _check_shapes(arrays, len(feature_names), c, len(image_ids))
         if n < 1:
             raise StoreError("a store needs at least one patch")
         try:
@@ -313,14 +334,6 @@ class FeatureStore:
         except StoreError as exc:
             raise StoreError(f"{exc}; refusing to write {path}") from None
         overwrite = check_destination(path, overwrite)
-        p = arrays["patches"]
-        # Per split, how many patches hold each class: inspect and target draws read this
-        # instead of scanning the counts.
-        present = arrays["counts"] > 0
-        class_patches = {
-            split: present[p[:, 3] == code].sum(axis=0).tolist()
-            for code, split in enumerate(SPLITS)
-        }
         manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -331,23 +344,15 @@ class FeatureStore:
             "feature_names": list(feature_names),
             "num_patches": n,
             "image_ids": [str(i) for i in image_ids],
-            "class_patches": class_patches,
+            "class_patches": _class_patches(arrays["counts"], arrays["patches"]),
             "segmenter": dict(segmenter) if segmenter else None,
             "config": dict(config or {}),
             "arrays": {},
             "files": {},
         }
         with atomic_directory(path, overwrite=overwrite) as tmp:
-            for name, (dtype, _) in _ARRAYS.items():
-                file = tmp / f"{name}.npy"
-                data = np.ascontiguousarray(arrays[name], dtype=dtype)
-                np.save(file, data)
-                manifest["arrays"][name] = {
-                    "file": file.name,
-                    "dtype": dtype,
-                    "shape": list(data.shape),
-                    "crc32": file_crc32(file),
-                }
+            for name, array in arrays.items():
+                manifest["arrays"][name] = _save_array(tmp / f"{name}.npy", name, array)
             for name, src in (files or {}).items():
                 shutil.copyfile(src, tmp / name)
                 manifest["files"][name] = {"crc32": file_crc32(tmp / name)}
@@ -355,7 +360,106 @@ class FeatureStore:
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         return cls.open(path)
 
+    def update(
+        self,
+        *,
+        image_ids: Sequence[str] | None = None,
+        dataset: Mapping[str, Any] | None = None,
+        **arrays: np.ndarray,
+    ) -> FeatureStore:
+        """Replace some of the store's arrays in place, atomically; return the store reopened.
+
+        The new arrays are checked as :meth:`write` checks them, then saved under fresh names
+        beside the old ones, and a new manifest naming them replaces the old one in one rename:
+        a writer killed at any moment leaves the store as it was, or as it is now, and never a
+        mix. The files the old manifest named are removed once the new one is in place, and a
+        killed writer's fresh files are removed by the next update (both only ever the store's
+        own array files). Updates hold a lock, one at a time, and an update of a store that
+        another one changed since it was opened is refused (its arrays would undo that change).
+        A version 1 store is written as version 2, with its label state.
+
+        Args:
+            image_ids: The new image ids (with new ``image_sizes``, when images were added).
+            dataset: The new ``dataset`` field (where the images are).
+            **arrays: New ``features``, ``counts``, ``patches``, ``image_sizes``, ``labelled``.
+
+        Raises:
+            StoreError: an array has the wrong shape or dtype, or values a store may not hold,
+                or the store changed since it was opened.
+        """
+        with file_lock(self.path / _LOCK):
+            return self._update_locked(image_ids, dataset, arrays)
+
+    def _update_locked(
+        self,
+        image_ids: Sequence[str] | None,
+        dataset: Mapping[str, Any] | None,
+        arrays: Mapping[str, np.ndarray],
+    ) -> FeatureStore:
+        if _digest(self.path / MANIFEST) != self.fingerprint:
+            raise StoreError(
+                f"{self.path} changed since it was opened (another label or add-images ran); "
+                "nothing changed: run the command again"
+            )
+        unknown = set(arrays) - set(_ARRAYS)
+        if unknown:
+            raise TypeError(f"unknown store array(s): {', '.join(sorted(unknown))}")
+        new = {name: np.asarray(arrays.get(name, getattr(self, name))) for name in _ARRAYS}
+        ids = list(self.image_ids if image_ids is None else image_ids)
+        _check_shapes(new, len(self.feature_names), self.num_classes, len(ids))
+        n = new["features"].shape[0]
+        check_values(
+            features=new["features"],
+            counts=new["counts"],
+            patches=new["patches"],
+            image_sizes=new["image_sizes"],
+            labelled=new["labelled"],
+            grid=self.grid,
+        )
+        old_files = {meta["file"] for meta in self.manifest["arrays"].values()}
+        manifest = {
+            **self.manifest,
+            "schema_version": SCHEMA_VERSION,
+            "num_patches": int(n),
+            "image_ids": [str(i) for i in ids],
+            "class_patches": _class_patches(new["counts"], new["patches"]),
+            "dataset": dict(self.dataset if dataset is None else dataset),
+            "arrays": dict(self.manifest["arrays"]),
+            # Files exported before this update (picks, annotations) name the store as it was.
+            "lineage": [*self.manifest.get("lineage", []), self.fingerprint],
+        }
+        _remove_leftovers(self.path, old_files)
+        written = []
+        try:
+            for name in _ARRAYS:
+                if name in arrays or name not in self.manifest["arrays"]:
+                    file = self.path / f"{name}.{secrets.token_hex(4)}.npy"
+                    written.append(file)
+                    manifest["arrays"][name] = _save_array(file, name, new[name])
+            # The commit point: one rename of the manifest.
+            atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1))
+        except BaseException:
+            for file in written:
+                file.unlink(missing_ok=True)
+            raise
+        current = {meta["file"] for meta in manifest["arrays"].values()}
+        for name in old_files - current:
+            (self.path / name).unlink(missing_ok=True)
+        return type(self).open(self.path)
+
     # ------------------------------------------------------------------ views
+    @property
+    def labelled(self) -> np.ndarray:
+        """``[N]`` read-only bool: True where a patch's oracle counts are known.
+
+        A version 1 store has no label state and reads as all labelled.
+        """
+        if self._labelled is None:
+            labelled = np.ones(self.num_patches, dtype=bool)
+            labelled.flags.writeable = False
+            self._labelled = labelled
+        return self._labelled
+
     @property
     def num_patches(self) -> int:
         return int(self.features.shape[0])
@@ -368,7 +472,15 @@ class FeatureStore:
     def fingerprint(self) -> str:
         """A digest of the manifest, which holds every array's checksum: two stores with the
         same fingerprint hold the same data."""
-        return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()[:16]
+        return _digest(self.path / MANIFEST)
+
+    def knows_fingerprint(self, fingerprint: str) -> bool:
+        """Whether ``fingerprint`` is this store's, now or before one of its updates.
+
+        :meth:`update` only labels patches or appends images, so a file made for an earlier
+        version of the store (picks sent to annotators) still names the same images and patches.
+        """
+        return fingerprint == self.fingerprint or fingerprint in self.manifest.get("lineage", [])
 
     @cached_property
     def layout(self) -> FeatureLayout:
@@ -407,14 +519,24 @@ class FeatureStore:
         """``[N]`` int8 split code of every patch (an index into :data:`SPLITS`)."""
         return np.asarray(self.patches[:, 3], dtype=np.int8)
 
-    def split_ids(self, split: str) -> np.ndarray:
-        """Sorted int64 ids of the patches in ``split`` (``"init"``, ``"pool"`` or ``"test"``)."""
+    def split_ids(self, split: str, labelled: bool | None = None) -> np.ndarray:
+        """Sorted int64 ids of the patches in ``split`` (``"init"``, ``"pool"`` or ``"test"``).
+
+        Args:
+            split: The split's name.
+            labelled: None: every patch of the split; True: only those whose counts are known;
+                False: only those whose counts are unknown.
+        """
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         cache = self.__dict__.setdefault("_split_ids", {})
-        if split not in cache:
-            cache[split] = np.flatnonzero(self.split_codes == SPLITS.index(split))
-        return cache[split]
+        key = (split, None if labelled is None else bool(labelled))
+        if key not in cache:
+            keep = self.split_codes == SPLITS.index(split)
+            if labelled is not None:
+                keep &= self.labelled == bool(labelled)
+            cache[key] = np.flatnonzero(keep)
+        return cache[key]
 
     @property
     def can_reach_images(self) -> bool:
@@ -485,20 +607,22 @@ def check_values(
     patches: np.ndarray,
     image_sizes: np.ndarray,
     grid: PatchGrid,
+    labelled: np.ndarray | None = None,
     first_patch: int = 0,
 ) -> None:
     """Raise a :class:`StoreError` unless the arrays hold values a store may hold.
 
     Features lie within ``[0, FeatureLayout.upper_bounds]`` (so none is NaN or infinite), counts are
     non-negative and no patch counts more pixels than it has (a grid edited in the manifest
-    shrinks the patches under their counts), patches name an image, a grid cell and a split
-    that exist, and every image is at least as large as the grid. A few passes over memory:
-    about a tenth of a second on COCO-Stuff 10k's 160,000 patches.
+    shrinks the patches under their counts), unlabelled patches count nothing, patches name an
+    image, a grid cell and a split that exist, and every image is at least as large as the grid.
+    A few passes over memory: about a tenth of a second on COCO-Stuff 10k's 160,000 patches.
 
     Args:
         features, counts, patches: The same rows of the three arrays (all, or a block of them).
         image_sizes: Every image's height and width.
         grid: The patch grid.
+        labelled: The same rows of the label state (None: all labelled).
         first_patch: Index of the first row, for messages about a block.
     """
     if features.shape[0] == 0:
@@ -519,6 +643,15 @@ def check_values(
         )
     if (np.asarray(counts.min(axis=0)) < 0).any():
         raise StoreError("counts must be non-negative")
+    if labelled is not None:
+        if labelled.dtype != np.bool_:
+            raise StoreError(f"labelled must be a bool array, got {labelled.dtype}")
+        unknown = np.flatnonzero(~labelled & counts.any(axis=1))
+        if unknown.size:
+            raise StoreError(
+                f"patch {first_patch + unknown[0]} is unlabelled but counts pixels (the counts of "
+                "an unlabelled patch are unknown and stored as zeros)"
+            )
     p = np.asarray(patches, dtype=np.int64)
     limits = (len(image_sizes), grid.rows, grid.cols, len(SPLITS))
     if (p.min(axis=0) < 0).any() or (p.max(axis=0) >= limits).any():
@@ -534,6 +667,55 @@ def check_values(
             f"patch {first_patch + over[0]} counts more labelled pixels than its {areas[over[0]]} "
             f"(the {grid.rows}x{grid.cols} grid does not fit the counts)"
         )
+
+
+def _check_shapes(
+    arrays: Mapping[str, np.ndarray], num_features: int, num_classes: int, num_images: int
+) -> None:
+    """Raise a :class:`StoreError` unless the arrays to write have one shape of one store."""
+    n = arrays["features"].shape[0] if arrays["features"].ndim == 2 else -1
+    expect = {
+        "features": (n, num_features),
+        "counts": (n, num_classes),
+        "patches": (n, 4),
+        "image_sizes": (num_images, 2),
+        "labelled": (n,),
+    }
+    for name, shape in expect.items():
+        if arrays[name].shape != shape:
+            raise StoreError(f"{name}: shape {arrays[name].shape}, expected {shape}")
+
+
+def _digest(manifest: Path) -> str:
+    """The fingerprint of the manifest file (see :attr:`FeatureStore.fingerprint`)."""
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+
+
+def _class_patches(counts: np.ndarray, patches: np.ndarray) -> dict[str, list[int]]:
+    """Per split, how many patches hold each class: inspect and target draws read this instead
+    of scanning the counts. Unlabelled patches count nothing (their counts are zeros)."""
+    present = np.asarray(counts) > 0
+    codes = np.asarray(patches[:, 3])
+    return {split: present[codes == code].sum(axis=0).tolist() for code, split in enumerate(SPLITS)}
+
+
+def _save_array(file: Path, name: str, array: np.ndarray) -> dict[str, Any]:
+    """Save one store array in its dtype and C order; return its manifest entry."""
+    dtype = _ARRAYS[name][0]
+    data = np.ascontiguousarray(array, dtype=dtype)
+    np.save(file, data)
+    return {"file": file.name, "dtype": dtype, "shape": list(data.shape), "crc32": file_crc32(file)}
+
+
+def _remove_leftovers(path: Path, current: set[str]) -> None:
+    """Remove what a killed :meth:`FeatureStore.update` left in ``path``: array files of its own
+    pattern (``<array>.<hex>.npy``) that the manifest does not name, and the manifest's
+    temporary file (:func:`~misical_gym.atomic.atomic_path`'s ``.manifest.json.<hex>.tmp``)."""
+    patterns = [f"{name}.*.npy" for name in _ARRAYS] + [f".{MANIFEST}.*.tmp"]
+    for pattern in patterns:
+        for file in path.glob(pattern):
+            if file.name not in current and file.is_file() and not file.is_symlink():
+                file.unlink()
 
 
 def _checked_rows(
@@ -629,24 +811,34 @@ def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
     ):
         fail("class_patches", f"per split ({', '.join(SPLITS)}) a list of patch counts")
     arrays = manifest.get("arrays")
-    if not (isinstance(arrays, dict) and all(isinstance(arrays.get(n), dict) for n in _ARRAYS)):
-        fail("arrays", f"an object describing {', '.join(_ARRAYS)}")
-    for name, (dtype, _) in _ARRAYS.items():
+    version = manifest["schema_version"]
+    names = [n for n in _ARRAYS if _SINCE_VERSION.get(n, 1) <= version]
+    if not (
+        isinstance(arrays, dict)
+        and set(arrays) == set(names)
+        and all(isinstance(arrays[n], dict) for n in names)
+    ):
+        fail("arrays", f"an object describing {', '.join(names)} (schema version {version})")
+    for name in names:
+        dtype, description = _ARRAYS[name]
+        ndim = description.count(",") + 1
         meta = arrays[name]
         shape = meta.get("shape")
         if not (
             _is_plain_name(meta.get("file"))
             and meta.get("dtype") == dtype
             and isinstance(shape, list)
-            and len(shape) == 2
+            and len(shape) == ndim
             and all(map(count, shape))
             and count(meta.get("crc32"))
         ):
             fail(
                 "arrays",
-                f"for {name!r} a file name inside the store, dtype {dtype}, a 2-D shape "
+                f"for {name!r} a file name inside the store, dtype {dtype}, a {ndim}-D shape "
                 "and a crc32",
             )
+    if len({arrays[n]["file"] for n in names}) != len(names):
+        fail("arrays", "a different file for every array")
     files = manifest.get("files")
     if not (
         isinstance(files, dict)
@@ -656,6 +848,9 @@ def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
         )
     ):
         fail("files", "file names inside the store, each with a crc32")
+    lineage = manifest.get("lineage", [])
+    if not (isinstance(lineage, list) and all(isinstance(v, str) for v in lineage)):
+        fail("lineage", "a list of fingerprints")
     segmenter = manifest.get("segmenter")
     if segmenter is not None and not (
         isinstance(segmenter, dict)

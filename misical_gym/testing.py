@@ -23,13 +23,16 @@ def write_random_store(
     image_size: tuple[int, int] = (64, 64),
     split_fractions: tuple[float, float, float] = (0.3, 0.5, 0.2),
     seed: int = 0,
+    unlabelled_pool: float = 0.0,
     overwrite: bool = False,
 ) -> FeatureStore:
     """Write a store of random but self-consistent features and counts, and open it.
 
     Each patch holds a few classes; presence features are a noisy copy of the true pixel shares,
     so a policy that reads them does better than random. With ``num_images=10_000`` and the 171
-    COCO-Stuff classes it has COCO-Stuff 10k's shape (160,000 patches).
+    COCO-Stuff classes it has COCO-Stuff 10k's shape (160,000 patches). ``unlabelled_pool`` is
+    the share of pool images whose counts are unknown (drawn after everything else, so the
+    labelled patches are the same as without it).
     """
     grid = grid or PatchGrid(4, 4)
     rng = np.random.default_rng(seed)
@@ -60,10 +63,15 @@ def write_random_store(
     patches = np.stack(
         [image_index, cell // grid.cols, cell % grid.cols, split_of_image[image_index]], axis=1
     )
+    pool = split_of_image == SPLITS.index("pool")
+    unknown_image = pool & (rng.random(num_images) < unlabelled_pool)
+    labelled = ~unknown_image[image_index]
+    counts[~labelled] = 0  # unknown counts are stored as zeros
     return FeatureStore.write(
         path,
         features=features,
         counts=counts,
+        labelled=labelled,
         patches=patches,
         image_sizes=np.tile(np.array([[h, w]], dtype=np.int32), (num_images, 1)),
         image_ids=[f"{i:06d}" for i in range(num_images)],

@@ -258,6 +258,14 @@ class MaskedSB3:
         self.model.set_env(sb3_env(env))
 
     @property
+    def tensorboard_log(self) -> str | None:
+        return self.model.tensorboard_log
+
+    @tensorboard_log.setter
+    def tensorboard_log(self, path: str | None) -> None:
+        self.model.tensorboard_log = path  # where the next learn call logs
+
+    @property
     def candidate_shape(self) -> tuple[int, int]:
         """``(K, F)``: one action per candidate, the flat observation split into K rows."""
         k = int(self.model.action_space.n)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from misical_gym.agents.policy import CandidatePolicy
+from misical_gym.atomic import file_lock
 from misical_gym.paths import safe_name
 from misical_gym.train.agents import AGENTS, HEURISTIC_AGENTS, load_hyperparams
 
@@ -155,8 +155,7 @@ def _training_lock(cache: Path) -> Iterator[None]:
     """One trainer per cached configuration: the jobs of every target share a goal-conditioned
     policy and may start at once, in other processes."""
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with file_lock(cache.with_suffix(".lock")):
         yield
 
 
@@ -192,6 +191,7 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train if needed, select ``budget`` patches, and score the picks with the oracle counts."""
     import torch
 
+    from misical_gym.errors import StoreError
     from misical_gym.store import FeatureStore
     from misical_gym.train.select import select_patches
 
@@ -202,6 +202,12 @@ def run_job(job: Job) -> dict[str, Any]:
     )
     store = FeatureStore.open(job.store)
     ids = np.array([p["patch_id"] for p in selection["picks"]], dtype=np.int64)
+    if not store.labelled[ids].all():
+        # An unknown count is stored as 0: scoring it would read "no target" for "not known".
+        raise StoreError(
+            f"{store.path}: {int((~store.labelled[ids]).sum())} of the picks are unlabelled; "
+            "an evaluation scores picks by their oracle counts, so it needs a labelled pool"
+        )
     counts = np.asarray(store.counts[ids, selection["target_id"]], dtype=np.int64)
     iou = None
     if job.retrain:

@@ -284,6 +284,104 @@ def run_training(
     return TrainingRun(run_dir, model, summary)
 
 
+ONLINE_AGENTS: tuple[str, ...] = ("ddqn", *SB3_AGENTS)
+"""The agents ``--resume RUN --online-steps N`` continues: those whose saved model is all they
+learn from. Not the supervised ablation: its file keeps the classifier, not the examples it was
+fitted on, so an update would refit it on the new picks alone."""
+
+
+def continue_online(
+    run: str | Path,
+    online_steps: int,
+    *,
+    out: str | Path | None = None,
+    device: str = "auto",
+    eval_episodes: int | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> TrainingRun:
+    """Continue a finished run's policy on the pool's labelled patches: deploy, then update.
+
+    The saved model learns ``online_steps`` more env steps on the ``pool`` split of the run's
+    store as it is now, so patches labelled since (``misical label``) are what it learns from;
+    the environment draws only labelled patches. The result is a new run directory (default
+    ``<run>_online<N>`` beside it) with the same files as any run; the original is left alone.
+
+    Raises:
+        ValueError: ``run`` is not a finished run, or its agent does not learn (a heuristic).
+        FileExistsError: the output directory exists.
+    """
+    from misical_gym.train.select import read_run
+
+    run_dir = Path(run)
+    if isinstance(online_steps, bool) or not isinstance(online_steps, int) or online_steps < 1:
+        raise ValueError(f"--online-steps must be a positive integer, got {online_steps!r}")
+    config, model_path = read_run(run_dir)
+    agent = config["agent"]
+    if agent not in ONLINE_AGENTS:
+        raise ValueError(
+            f"run {run_dir} is a {agent!r} run, which cannot be updated online from its saved "
+            f"file; --resume continues {', '.join(ONLINE_AGENTS)}"
+        )
+    out_dir = (
+        Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}_online{online_steps}")
+    )
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; choose another --out")
+    target = None if config["target"] == "random" else config["target"]
+    env_kwargs = dict(config["env_kwargs"])
+    env = make_misical_env(config["env_id"], "pool", target, env_kwargs)
+    eval_episodes = config["eval_episodes"] if eval_episodes is None else eval_episodes
+    seed = int(config["seed"])
+    from misical_gym.runtime import cpu_threads
+
+    start = time.time()
+    with cpu_threads(threads):
+        model = load_agent(agent, model_path, env, device)
+        env.reset(seed=seed + 2)  # the online phase's own seeded episodes
+        out_dir.mkdir(parents=True)
+        model.tensorboard_log = str(out_dir)
+        learn_phase(
+            model, agent, online_steps, first=False, description=f"{agent} pool", progress=progress
+        )
+        saved = model.save(out_dir / "model")
+        evaluation = greedy_pool_statistics(
+            model,
+            make_misical_env(config["env_id"], "pool", target, env_kwargs),
+            eval_episodes,
+            seed=10_000 + seed,
+        )
+    new_config = {
+        **config,
+        "phases": [*config["phases"], {"split": "pool", "steps": online_steps}],
+        "resumed_from": str(run_dir),
+        "device": device,
+        "eval_episodes": eval_episodes,
+    }
+    new_config["command"] = shlex.join(
+        ["misical", "train", "--resume", str(run_dir), "--online-steps", str(online_steps)]
+    )
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(new_config, sort_keys=False))
+    summary = {
+        "agent": agent,
+        "env_id": config["env_id"],
+        "target": config["target"],
+        "seed": seed,
+        "timesteps": sum(int(p["steps"]) for p in new_config["phases"]),
+        "eval_split": "pool",
+        "eval_episodes": eval_episodes,
+        "final_mean_reward": evaluation["mean_reward"],
+        "target_pixels": evaluation["target_pixels"],
+        "hit_rate": evaluation["hit_rate"],
+        "model": Path(saved if saved is not None else out_dir / "model.zip").name,
+        "seconds": round(time.time() - start, 2),
+        "resumed_from": str(run_dir),
+        "labelled_pool_patches": int(unwrap_misical(env).split_ids.size),
+    }
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    return TrainingRun(out_dir, model, summary)
+
+
 def _resumable(run_dir: Path, config: dict[str, Any], overwrite: bool) -> Path | None:
     """The checkpoint to resume ``run_dir`` from, or None to start afresh.
 
@@ -389,8 +487,17 @@ def learn_phase(
 
 # ---------------------------------------------------------------------------- command line
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agent", required=True, help=f"one of: {', '.join(AGENTS)}")
-    parser.add_argument("--env", required=True, help="env id, e.g. MiSiCAL-Synthetic")
+    parser.add_argument("--agent", help=f"one of: {', '.join(AGENTS)} (required without --resume)")
+    parser.add_argument("--env", help="env id, e.g. MiSiCAL-Synthetic (required without --resume)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue the finished run RUN's policy for --online-steps more steps on the "
+        "pool's labelled patches (those labelled so far, e.g. by misical label); writes "
+        f"RUN_online<N> (or --out). Agents: {', '.join(ONLINE_AGENTS)}",
+    )
+    parser.add_argument("--out", type=Path, help="with --resume: the new run directory")
     parser.add_argument(
         "--env-kwargs", nargs="*", default=[], metavar="K=V", help="env arguments, e.g. budget=32"
     )
@@ -433,7 +540,29 @@ def parse_env_kwargs(items: list[str]) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    run_dir = run_training(
+    if args.resume is not None:
+        if args.online_steps is None or args.steps is not None or args.pretrain_steps is not None:
+            raise ValueError("--resume takes --online-steps N (and no --steps or --pretrain-steps)")
+        run_dir = continue_online(
+            args.resume,
+            args.online_steps,
+            out=args.out,
+            device=args.device,
+            threads=args.threads,
+        ).run_dir
+        logdir = run_dir.parent
+    elif args.agent is None or args.env is None:
+        raise ValueError("misical train needs --agent and --env (or --resume RUN)")
+    else:
+        run_dir, logdir = _train_from_arguments(args), args.logdir
+    print((run_dir / "summary.json").read_text())
+    print(f"run written to {run_dir}; tensorboard --logdir {logdir}", file=sys.stderr)
+    return 0
+
+
+def _train_from_arguments(args: argparse.Namespace) -> Path:
+    """``misical train``'s arguments (without ``--resume``) to :func:`run_training`."""
+    return run_training(
         args.agent,
         args.env,
         env_kwargs=parse_env_kwargs(args.env_kwargs),
@@ -450,6 +579,3 @@ def main(args: argparse.Namespace) -> int:
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
     ).run_dir
-    print((run_dir / "summary.json").read_text())
-    print(f"run written to {run_dir}; tensorboard --logdir {args.logdir}", file=sys.stderr)
-    return 0

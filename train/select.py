@@ -47,18 +47,10 @@ def load_policy(policy: str, env: gym.Env, device: str = "auto", seed: int = 0) 
             "existing model path"
         )
     run_dir = path if path.is_dir() else path.parent
-    config = run_dir / "config.yaml"
-    if config.is_file():
-        try:
-            agent = yaml.safe_load(config.read_text())["agent"]
-            model_name = json.loads((run_dir / "summary.json").read_text())["model"]
-            check_agent(agent)
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
-            raise ValueError(
-                f"{run_dir} is not a complete run of misical train (config.yaml names the "
-                f"agent, summary.json the model file): {type(exc).__name__}: {exc}"
-            ) from None
-        model_path = run_dir / safe_name(str(model_name)) if path.is_dir() else path
+    if (run_dir / "config.yaml").is_file():
+        config, model_file = read_run(run_dir)
+        agent = config["agent"]
+        model_path = model_file if path.is_dir() else path
         # Selection only scores observations: a network needs no env (whose budget may differ
         # from training's); the supervised policy and the heuristics read shapes from one.
         needs_env = agent == "supervised" or agent in HEURISTIC_AGENTS
@@ -70,6 +62,25 @@ def load_policy(policy: str, env: gym.Env, device: str = "auto", seed: int = 0) 
         except Exception as exc:
             errors.append(f"{agent}: {type(exc).__name__}")
     raise ValueError(f"{path} is not a model this package can load ({'; '.join(errors)})")
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
+    """A finished run's ``config.yaml`` and the path of its model file.
+
+    Raises:
+        ValueError: the run is incomplete or damaged (no agent, no summary naming the model).
+    """
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        agent = config["agent"]
+        model_name = json.loads((run_dir / "summary.json").read_text())["model"]
+        check_agent(agent)
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ValueError(
+            f"{run_dir} is not a complete run of misical train (config.yaml names the "
+            f"agent, summary.json the model file): {type(exc).__name__}: {exc}"
+        ) from None
+    return config, run_dir / safe_name(str(model_name))
 
 
 def pool_env(

@@ -28,6 +28,7 @@ from misical_gym.data.masks import MaskClasses, MaskFolder, read_mask_classes
 from misical_gym.data.patches import PatchGrid, split_indices
 from misical_gym.data.resize import resize_example
 from misical_gym.data.synthetic import SyntheticScenes
+from misical_gym.data.unlabelled import UnlabelledImages
 from misical_gym.errors import DatasetError, StoreError
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "PatchGrid",
     "SegmentationDataset",
     "SyntheticScenes",
+    "UnlabelledImages",
     "coco_id_to_train_id",
     "open_dataset",
     "read_mask_classes",
@@ -53,7 +55,7 @@ __all__ = [
     "store_image",
 ]
 
-_DATASET_KINDS = ("synthetic", "coco10k", "coco164k", "coco-json", "masks")
+_DATASET_KINDS = ("synthetic", "coco10k", "coco164k", "coco-json", "masks", "unlabelled")
 
 
 def open_dataset(spec: Mapping[str, Any]) -> SegmentationDataset:
@@ -61,7 +63,7 @@ def open_dataset(spec: Mapping[str, Any]) -> SegmentationDataset:
 
     Args:
         spec: ``{"kind": ..., **constructor arguments}``, kind one of ``"synthetic"``,
-            ``"coco10k"``, ``"coco164k"``, ``"coco-json"`` and ``"masks"``.
+            ``"coco10k"``, ``"coco164k"``, ``"coco-json"``, ``"masks"`` and ``"unlabelled"``.
 
     Returns:
         The dataset.
@@ -84,6 +86,8 @@ def open_dataset(spec: Mapping[str, Any]) -> SegmentationDataset:
         factory = CocoJson
     elif kind == "masks":
         factory = MaskFolder
+    elif kind == "unlabelled":
+        factory = UnlabelledImages
     else:
         raise DatasetError(
             f"unknown dataset kind {kind!r}; known kinds: {', '.join(_DATASET_KINDS)}"

@@ -405,6 +405,26 @@ class CocoJson:
             )
         return image, self._paint(image_key, height, width)
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """The first file's ``info`` object (empty if it has none)."""
+        info = self._cocos[0].dataset.get("info")
+        return info if isinstance(info, dict) else {}
+
+    def label(self, index: int) -> np.ndarray:
+        """The painted label uint8 ``[H, W]`` of image ``index``, without reading the image.
+
+        Raises:
+            DatasetError: an annotation cannot be decoded into a mask of the image's size.
+        """
+        image_key = self._image_keys[_check_index(index, len(self), type(self).__name__)]
+        _, height, width, _ = self._images[image_key]
+        return self._paint(image_key, height, width)
+
+    def file_name(self, index: int) -> str:
+        """The JSON's ``file_name`` of image ``index``."""
+        return self._images[self._image_keys[_check_index(index, len(self), "CocoJson")]][0]
+
     def _paint(self, image_key: int, height: int, width: int) -> np.ndarray:
         # (is_thing, -area, file index, annotation index) orders painting; see the class docstring.
         layers: list[tuple[bool, int, int, int, int, np.ndarray]] = []

@@ -280,7 +280,7 @@ class MaskFolder:
         """
         image_path, label_path = self._pairs[_check_index(index, len(self), type(self).__name__)]
         image = _read_rgb(image_path)
-        label = self._to_train_ids(_read_mask(label_path), label_path)
+        label = self._to_train_ids(read_mask(label_path), label_path)
         _check_same_size(label, label_path, image, image_path)
         return image, label
 
@@ -368,47 +368,54 @@ class MaskFolder:
 
     # ------------------------------------------------------------------ labels
     def _to_train_ids(self, mask: np.ndarray, path: Path) -> np.ndarray:
-        table = self.classes
-        if mask.ndim == 2:
-            # uint8 indices: a 256-entry lookup, far cheaper than np.unique per image.
-            pixels = np.bincount(mask.ravel(), minlength=256)
-            codes, keys = np.flatnonzero(pixels), mask
-            pixels = pixels[codes]
-            show: Callable[[int], str] = str
-            known, ignored = table.values, table.ignore_values
-        else:
-            if table.colors is None:
-                raise DatasetError(
-                    f"label mask {path} is an RGB image, but the classes file gives no 'colors'; "
-                    "add each class's [R, G, B], or save index masks (greyscale or palette)"
-                )
-            codes, keys, pixels = np.unique(
-                _color_codes(mask), return_inverse=True, return_counts=True
-            )
-            known = tuple(_code(c) for c in table.colors)
-            ignored = tuple(_code(c) for c in table.ignore_colors)
-            show = _show_color
-        train_id_of = dict.fromkeys(ignored, IGNORE_INDEX) | {key: i for i, key in enumerate(known)}
-        unknown = [
-            (int(c), int(n)) for c, n in zip(codes, pixels, strict=True) if c not in train_id_of
-        ]
-        if unknown and not self.unknown_as_ignore:
-            listed = ", ".join(f"{show(c)} ({n} px)" for c, n in unknown[:10])
-            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        return mask_to_train_ids(mask, path, self.classes, self.unknown_as_ignore)
+
+
+def mask_to_train_ids(
+    mask: np.ndarray, path: Path, table: MaskClasses, unknown_as_ignore: bool = False
+) -> np.ndarray:
+    """A mask as stored (:func:`read_mask`) mapped to train ids through the class table.
+
+    Raises:
+        DatasetError: an RGB mask without colours in the table, or a value or colour the table
+            does not name (unless ``unknown_as_ignore``).
+    """
+    if mask.ndim == 2:
+        # uint8 indices: a 256-entry lookup, far cheaper than np.unique per image.
+        pixels = np.bincount(mask.ravel(), minlength=256)
+        codes, keys = np.flatnonzero(pixels), mask
+        pixels = pixels[codes]
+        show: Callable[[int], str] = str
+        known, ignored = table.values, table.ignore_values
+    else:
+        if table.colors is None:
             raise DatasetError(
-                f"label mask {path} holds {'colours' if mask.ndim == 3 else 'values'} that the "
-                f"classes file does not name: {listed}{more}; name them (as classes or 'ignore'),"
-                " or treat them as ignore (--unknown-as-ignore)"
+                f"label mask {path} is an RGB image, but the classes file gives no 'colors'; "
+                "add each class's [R, G, B], or save index masks (greyscale or palette)"
             )
-        if mask.ndim == 2:
-            lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-            lookup[list(train_id_of)] = list(train_id_of.values())
-            return lookup[mask]
-        lookup = np.array([train_id_of.get(int(c), IGNORE_INDEX) for c in codes], dtype=np.uint8)
-        return lookup[keys.reshape(mask.shape[:2])]
+        codes, keys, pixels = np.unique(_color_codes(mask), return_inverse=True, return_counts=True)
+        known = tuple(_code(c) for c in table.colors)
+        ignored = tuple(_code(c) for c in table.ignore_colors)
+        show = _show_color
+    train_id_of = dict.fromkeys(ignored, IGNORE_INDEX) | {key: i for i, key in enumerate(known)}
+    unknown = [(int(c), int(n)) for c, n in zip(codes, pixels, strict=True) if c not in train_id_of]
+    if unknown and not unknown_as_ignore:
+        listed = ", ".join(f"{show(c)} ({n} px)" for c, n in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise DatasetError(
+            f"label mask {path} holds {'colours' if mask.ndim == 3 else 'values'} that the "
+            f"classes file does not name: {listed}{more}; name them (as classes or 'ignore'),"
+            " or treat them as ignore (--unknown-as-ignore)"
+        )
+    if mask.ndim == 2:
+        lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        lookup[list(train_id_of)] = list(train_id_of.values())
+        return lookup[mask]
+    lookup = np.array([train_id_of.get(int(c), IGNORE_INDEX) for c in codes], dtype=np.uint8)
+    return lookup[keys.reshape(mask.shape[:2])]
 
 
-def _read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path) -> np.ndarray:
     """A label mask as stored: ``[H, W]`` uint8 indices, or ``[H, W, 3]`` uint8 colours."""
     values, mode = _read_as_stored(path, "label mask")
     channels = {"L": None, "P": None, "LA": 0, "PA": 0, "RGB": slice(3), "RGBA": slice(3)}

@@ -118,6 +118,15 @@ def retraining_set(store: FeatureStore, patch_ids: np.ndarray | Sequence[int]) -
     boxes = store.boxes(ids)
     outside = ~np.isin(patch_images, init_images)  # init images are labelled already
     acquired_images = np.unique(patch_images[outside])
+    sources, items = store.dataset["sources"], store.dataset["items"]
+    unlabelled = [i for i in acquired_images if sources[items[i][0]].get("kind") == "unlabelled"]
+    if unlabelled:
+        # `misical label` keeps counts, not pixels: the dataset has no label to train on.
+        raise StoreError(
+            f"{store.path}: {len(unlabelled)} picked image(s), e.g. "
+            f"{store.image_ids[unlabelled[0]]!r}, were added without labels; retraining needs "
+            "their pixel labels, which the store does not keep"
+        )
     images, labels, patch_boxes = [], [], []
     for index in init_images:
         image, label = _load(store, int(index))
