@@ -397,6 +397,14 @@ class FeatureStore:
         return self.features[:, self.layout.class_bald]
 
     @cached_property
+    def labelled(self) -> np.ndarray:
+        """``[N]`` read-only bool: True where a patch's oracle counts are known."""
+        # provisional: replaced by the label-state array
+        labelled = np.ones(self.num_patches, dtype=bool)
+        labelled.flags.writeable = False
+        return labelled
+
+    @cached_property
     def split_codes(self) -> np.ndarray:
         """``[N]`` int8 split code of every patch (an index into :data:`SPLITS`)."""
         return np.asarray(self.patches[:, 3], dtype=np.int8)
