@@ -12,7 +12,6 @@ from misical_gym.cli import main
 from misical_gym.envs.core import ObservationBuilder
 from misical_gym.store import FeatureStore
 from misical_gym.testing import write_random_store
-from misical_gym.train.evaluate import evaluate
 from misical_gym.train.jobs import Job
 from misical_gym.train.rank import best_patches, rank_scores
 from misical_gym.train.select import read_picks, select_patches
