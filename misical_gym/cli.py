@@ -394,6 +394,12 @@ def _run_select(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise IsADirectoryError(f"--out {args.out} is a directory; name the output file")
     check_writable_dir(args.out.parent)  # before the selection, not after it
+    if args.preview is not None:
+        from misical_gym.store import FeatureStore
+        from misical_gym.train.preview import check_preview
+
+        check_writable_dir(args.preview.parent)
+        check_preview(FeatureStore.open(args.store))
     return select_main(args)
 
 

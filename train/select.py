@@ -35,7 +35,7 @@ from misical_gym.store import FeatureStore
 from misical_gym.train.agents import HEURISTIC_AGENTS, check_agent, load_agent, make_agent
 from misical_gym.train.rank import best_patches, rank_scores
 
-FORMATS = ("json", "csv", "coco")
+FORMATS = ("json", "csv", "coco", "labelstudio")
 MODES = ("episode", "rank")
 
 
@@ -183,13 +183,18 @@ def select_patches(
     ]
     ids = np.array([p["patch_id"] for p in picks], dtype=np.int64)
     boxes = s.boxes(ids) if ids.size else np.zeros((0, 4), dtype=np.int64)
-    for pick, box, image in zip(picks, boxes, s.patches[ids, 0] if ids.size else [], strict=True):
-        pick["image_id"] = s.image_ids[int(image)]
-        pick["box"] = [int(v) for v in box]  # y0, x0, y1, x1; end-exclusive
+    images = [int(i) for i in (s.patches[ids, 0] if ids.size else [])]
+    image_root, file_names = _image_files(s, images)
+    for pick, box, image in zip(picks, boxes, images, strict=True):
+        pick["image_id"] = s.image_ids[image]
+        pick["file_name"] = file_names[image]
+        pick["image_size"] = [int(v) for v in s.image_sizes[image]]  # height, width
+        pick["box"] = [int(v) for v in box]  # y0, x0, y1, x1 in original pixels; end-exclusive
     return {
         "store": str(s.path),
         "store_id": s.path.name,
         "store_fingerprint": s.fingerprint,
+        "image_root": None if image_root is None else str(image_root),
         "policy": policy if isinstance(policy, str) else type(policy).__name__,
         "target": s.class_names[target_id],
         "target_id": target_id,
@@ -198,6 +203,26 @@ def select_patches(
         "pool_size": pool_size,
         "seed": seed,
         "picks": picks,
+    }
+
+
+def _image_files(store: FeatureStore, images: list[int]) -> tuple[Path | None, dict[int, str]]:
+    """The folder the images' files lie under and each image's file name relative to it.
+
+    The names are the dataset's own (:func:`~misical_gym.data.store_image_file`); images of
+    several folders are named relative to the folders' common parent. A store that cannot
+    reach its images names them by their ids, under no folder.
+    """
+    from misical_gym.data import store_image_file
+
+    files = {image: store_image_file(store, image) for image in dict.fromkeys(images)}
+    folders = {folder for folder, _ in files.values()}
+    if not files or None in folders:
+        return None, {image: store.image_ids[image] for image in files}
+    root = Path(os.path.commonpath([str(folder) for folder in folders]))
+    return root, {
+        image: (folder / name).relative_to(root).as_posix()  # type: ignore[operator]
+        for image, (folder, name) in files.items()
     }
 
 
@@ -257,16 +282,33 @@ def read_picks(path: str | os.PathLike[str], store: FeatureStore) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def render(selection: dict[str, Any], fmt: str) -> str:
-    """The selection as ``json``, ``csv`` or ``coco`` (one image entry per image, one box each)."""
+def render(selection: dict[str, Any], fmt: str, *, image_root_url: str | None = None) -> str:
+    """The selection as ``json``, ``csv``, ``coco`` or ``labelstudio``.
+
+    Every format names each image by the dataset's own file name, gives each patch's box in
+    original pixels and carries the store's id and fingerprint. ``coco`` has one image entry
+    per image and one box per pick; ``labelstudio`` one task per image, its picks pre-drawn
+    (:func:`~misical_gym.annotations.labelstudio.export_labelstudio`, which takes
+    ``image_root_url``).
+    """
     if fmt == "json":
         return json.dumps(selection, indent=1)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["rank", "image_id", "patch_id", "y0", "x0", "y1", "x1", "score"])
+        writer.writerow(
+            [
+                "rank", "image_id", "file_name", "patch_id", "y0", "x0", "y1", "x1", "score",
+                "store_id", "store_fingerprint",
+            ]
+        )  # fmt: skip
         for rank, pick in enumerate(selection["picks"]):
-            writer.writerow([rank, pick["image_id"], pick["patch_id"], *pick["box"], pick["score"]])
+            writer.writerow(
+                [
+                    rank, pick["image_id"], pick["file_name"], pick["patch_id"], *pick["box"],
+                    pick["score"], selection["store_id"], selection["store_fingerprint"],
+                ]
+            )  # fmt: skip
         return out.getvalue()
     if fmt == "coco":
         image_index: dict[str, int] = {}
@@ -274,7 +316,16 @@ def render(selection: dict[str, Any], fmt: str) -> str:
         for rank, pick in enumerate(selection["picks"]):
             if pick["image_id"] not in image_index:
                 image_index[pick["image_id"]] = len(images) + 1
-                images.append({"id": len(images) + 1, "file_name": pick["image_id"]})
+                height, width = pick["image_size"]
+                images.append(
+                    {
+                        "id": len(images) + 1,
+                        "file_name": pick["file_name"],
+                        "height": height,
+                        "width": width,
+                        "misical_image_id": pick["image_id"],
+                    }
+                )
             y0, x0, y1, x1 = pick["box"]
             annotations.append(
                 {
@@ -289,9 +340,20 @@ def render(selection: dict[str, Any], fmt: str) -> str:
                 }
             )
         categories = [{"id": selection["target_id"], "name": selection["target"]}]
+        info = {
+            "description": f"misical select: patches to annotate for {selection['target']!r}",
+            "store_id": selection["store_id"],
+            "store_fingerprint": selection["store_fingerprint"],
+            "image_root": selection["image_root"],
+        }
         return json.dumps(
-            {"images": images, "annotations": annotations, "categories": categories}, indent=1
+            {"info": info, "images": images, "annotations": annotations, "categories": categories},
+            indent=1,
         )
+    if fmt == "labelstudio":
+        from misical_gym.annotations.labelstudio import export_labelstudio
+
+        return export_labelstudio(selection, image_root_url=image_root_url)
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -307,7 +369,21 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", required=True, help="target class name or index")
     parser.add_argument("--budget", type=int, required=True, help="patches to pick")
     parser.add_argument("--out", type=Path, required=True, help="output file")
-    parser.add_argument("--format", default="json", choices=FORMATS)
+    parser.add_argument(
+        "--format",
+        default="json",
+        choices=FORMATS,
+        help="json (default), csv, coco (one box per pick), or labelstudio (a Label Studio "
+        "import file: one task per image, the picks pre-drawn); every format names images by "
+        "their file names, boxes in original pixels, and carries the store's id and fingerprint",
+    )
+    parser.add_argument(
+        "--image-root-url",
+        default=None,
+        metavar="URL",
+        help="labelstudio: the URL that serves the image folder (image_root in the JSON "
+        "format); by default images are Label Studio local files (/data/local-files/?d=NAME)",
+    )
     parser.add_argument(
         "--mode",
         default="episode",
@@ -348,9 +424,20 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--preview",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="also write a contact sheet of the first 100 picks in rank order: each patch "
+        "outlined in the image around it, with its score and image name (needs the store's "
+        "images)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.image_root_url is not None and args.format != "labelstudio":
+        raise ValueError("--image-root-url applies to --format labelstudio")
     exclude = None
     if args.exclude:
         store = FeatureStore.open(args.store)
@@ -368,7 +455,12 @@ def main(args: argparse.Namespace) -> int:
         exclude=exclude,
         include_labelled=args.include_labelled,
     )
-    atomic_write_text(args.out, render(selection, args.format))
+    atomic_write_text(args.out, render(selection, args.format, image_root_url=args.image_root_url))
+    if args.preview is not None:
+        from misical_gym.train.preview import write_preview
+
+        write_preview(args.preview, FeatureStore.open(args.store), selection)
+        print(f"preview of the picks written to {args.preview}", file=sys.stderr)
     print(
         f"{len(selection['picks'])} patches for {selection['target']!r} written to {args.out}",
         file=sys.stderr,
