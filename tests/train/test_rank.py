@@ -180,21 +180,8 @@ def test_ties_break_in_a_seeded_random_order(tiny_store) -> None:
     assert not np.array_equal(a, best_patches(tiny_store, ids, scores, 10, seed=1))
 
 
-def test_a_trained_ddqn_ranks_deterministically(tiny_store, tmp_path) -> None:
-    from misical_gym.train import run_training
-
-    run_dir = run_training(
-        "ddqn",
-        "MiSiCAL-Store",
-        env_kwargs={"root": str(tiny_store.path), "budget": 8, "pool_size": 8},
-        target="class3",
-        steps=60,
-        logdir=tmp_path,
-        hyperparams={"learning_starts": 20, "batch_size": 8},
-        device="cpu",
-        eval_episodes=1,
-        progress=False,
-    ).run_dir
+def test_a_trained_ddqn_ranks_deterministically(tiny_store, saved_ddqn_run) -> None:
+    run_dir = saved_ddqn_run
     a = _rank(tiny_store, str(run_dir), pool_size=8, device="cpu")
     assert a == _rank(tiny_store, str(run_dir), pool_size=8, device="cpu")
     assert a != _rank(tiny_store, str(run_dir), pool_size=8, device="cpu", seed=1)
