@@ -211,11 +211,21 @@ def _image_files(store: FeatureStore, images: list[int]) -> tuple[Path | None, d
 
     The names are the dataset's own (:func:`~misical_gym.data.store_image_file`); images of
     several folders are named relative to the folders' common parent. A store that cannot
-    reach its images names them by their ids, under no folder.
+    reach its images names them by their ids, under no folder, with a warning when its
+    dataset moved: the selection itself needs no image.
     """
-    from misical_gym.data import store_image_file
+    import warnings
 
-    files = {image: store_image_file(store, image) for image in dict.fromkeys(images)}
+    from misical_gym import data
+    from misical_gym.errors import DatasetError, StoreError
+
+    try:
+        files = {image: data.store_image_file(store, image) for image in dict.fromkeys(images)}
+    except (DatasetError, StoreError) as exc:
+        warnings.warn(
+            f"the picks name images by their ids, not file names: {exc}", UserWarning, stacklevel=3
+        )
+        files = {image: (None, store.image_ids[image]) for image in dict.fromkeys(images)}
     folders = {folder for folder, _ in files.values()}
     if not files or None in folders:
         return None, {image: store.image_ids[image] for image in files}

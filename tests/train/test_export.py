@@ -73,6 +73,24 @@ def test_picks_name_the_dataset_file_and_the_box_in_original_pixels(mask_store, 
         assert mask_store.patches[pick["patch_id"], 0] == image
 
 
+def test_a_dataset_that_moved_names_images_by_id_with_a_warning(mask_store, monkeypatch):
+    from misical_gym import data
+    from misical_gym.train.select import select_patches
+
+    def gone(store, index):
+        raise DatasetError("the folder is gone")
+
+    monkeypatch.setattr(data, "store_image_file", gone)
+    with pytest.warns(UserWarning, match="the folder is gone"):
+        selection = select_patches(
+            mask_store.path, "presence", "car", 5, mode="rank", include_labelled=True
+        )
+    assert selection["image_root"] is None
+    assert [p["file_name"] for p in selection["picks"]] == [
+        p["image_id"] for p in selection["picks"]
+    ]
+
+
 @pytest.mark.parametrize("fmt", ["csv", "coco", "labelstudio"])
 def test_every_format_carries_the_store_the_file_names_and_the_boxes(mask_store, tmp_path, fmt):
     selection = _picks(mask_store, tmp_path)
