@@ -414,7 +414,7 @@ def _add_label(commands: Any) -> None:
         "(value 255 = not annotated); masks carry no store id and are matched by file name "
         "only, unless --picks names the selection they answer. coco: COCO JSON (polygons or "
         "RLE), categories matched by class name, pixels no annotation covers not annotated; its"
-        " info's misical_store and misical_fingerprint, when present, must name this store. "
+        " info's store_id and store_fingerprint, when present, must name this store. "
         "Nothing changes when anything is refused (an image the store does not know, a size "
         "mismatch, another store's fingerprint); labelling again is idempotent, and the store "
         "is rewritten atomically.",
@@ -485,6 +485,12 @@ def _run_select(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise IsADirectoryError(f"--out {args.out} is a directory; name the output file")
     check_writable_dir(args.out.parent)  # before the selection, not after it
+    if args.preview is not None:
+        from misical_gym.store import FeatureStore
+        from misical_gym.train.preview import check_preview
+
+        check_writable_dir(args.preview.parent)
+        check_preview(FeatureStore.open(args.store))
     return select_main(args)
 
 

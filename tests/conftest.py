@@ -38,6 +38,25 @@ def coco_shaped_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
     )
 
 
+@pytest.fixture(scope="session")
+def saved_ddqn_run(tiny_store: FeatureStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of a DDQN trained briefly on ``tiny_store`` (budget 8, K = 8)."""
+    from misical_gym.train import run_training
+
+    return run_training(
+        "ddqn",
+        "MiSiCAL-Store",
+        env_kwargs={"root": str(tiny_store.path), "budget": 8, "pool_size": 8},
+        target="class3",
+        steps=100,
+        logdir=tmp_path_factory.mktemp("ddqn-run"),
+        hyperparams={"learning_starts": 20, "batch_size": 8},
+        device="cpu",
+        eval_episodes=1,
+        progress=False,
+    ).run_dir
+
+
 @pytest.fixture()
 def misical_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty ``$MISICAL_HOME`` so no test reads or writes the user's cache."""

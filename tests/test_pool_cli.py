@@ -276,7 +276,7 @@ def coco_answers(
 
 
 def test_label_from_coco_json(store, tmp_path, capsys) -> None:
-    ident = {"misical_store": store.path.name, "misical_fingerprint": store.fingerprint}
+    ident = {"store_id": store.path.name, "store_fingerprint": store.fingerprint}
     answers = coco_answers(tmp_path / "a.json", store, NEW[2], **ident)
     assert main(["label", str(store.path), "--annotations", str(answers), "--format", "coco"]) == 0
     assert json.loads(capsys.readouterr().out)["labelled"] == 16
@@ -292,7 +292,7 @@ def test_label_from_coco_json(store, tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    "info", [{"misical_store": "other", "misical_fingerprint": "x"}, {"misical_fingerprint": "0"}]
+    "info", [{"store_id": "other", "store_fingerprint": "x"}, {"store_fingerprint": "0"}]
 )
 def test_label_refuses_coco_of_another_store(store, tmp_path, capsys, info) -> None:
     answers = coco_answers(tmp_path / "a.json", store, NEW[2], **info)

@@ -53,6 +53,7 @@ def evaluate(
     retrain: bool = False,
     retrain_epochs: int | None = None,
     retrain_policies: tuple[str, ...] | None = None,
+    select_mode: str = "episode",
 ) -> dict[str, Any]:
     """Run every missing job, then write results, summary, report and plots into ``out``.
 
@@ -66,6 +67,9 @@ def evaluate(
     ``iou`` block per policy. ``retrain_policies`` (None: all of them, always with random)
     limits retraining, the costly part, to those policies; the others' ``iou`` is None.
     Without ``retrain`` every ``iou`` is None.
+
+    ``select_mode`` is how every policy selects: ``"episode"`` (the paper's protocol) or
+    ``"rank"`` (the best ``budget`` of the whole pool by the policy's own score).
     """
     from misical_gym.store import FeatureStore
 
@@ -80,6 +84,10 @@ def evaluate(
         policy_agent(policy)  # a clear error for an unknown name before any work
     if "random" not in policies:
         raise ValueError("the evaluation compares with random: include it in --policies")
+    from misical_gym.train.select import MODES
+
+    if select_mode not in MODES:
+        raise ValueError(f"unknown select mode {select_mode!r}; choose one of {', '.join(MODES)}")
     if budget < 1 or seeds < 1:
         raise ValueError("--budget and --seeds must be positive")
     if retrain:
@@ -123,6 +131,7 @@ def evaluate(
             retrain=policy in retrain_policies,
             retrain_epochs=retrain_epochs if policy in retrain_policies else None,
             cache=str((out / "training").resolve()),
+            select_mode=select_mode,
         )
         for target in names
         for policy in policies
@@ -221,6 +230,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --retrain: retrain only after these policies' picks (default: all; "
         "must include random)",
     )
+    parser.add_argument(
+        "--select-mode",
+        default="episode",
+        choices=["episode", "rank"],
+        help="how every policy selects: episode (default: the paper's protocol, best of "
+        "--pool-size candidates per pick) or rank (the best --budget of the whole pool)",
+    )
     parser.add_argument("--out", type=Path, required=True)
 
 
@@ -243,6 +259,7 @@ def main(args: argparse.Namespace) -> int:
         retrain_policies=None
         if args.retrain_policies is None
         else tuple(args.retrain_policies.split(",")),
+        select_mode=args.select_mode,
     )
     for policy, row in summary["policies"].items():
         print(f"{policy}: beats random on {row['beats_random']} of {row['classes']} classes")

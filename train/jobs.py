@@ -1,10 +1,10 @@
 """The evaluation's jobs as data: what to run, the digest that names its result, and running it.
 
 A :class:`Job` is one (target, policy, seed) selection with everything that determines its row:
-the store's fingerprint, the budget, the candidates per pick, the training steps and, for
-learned policies, the resolved hyperparameters. Its :attr:`Job.digest` keys the job file, so
-a resumed evaluation reuses a row only when every one of those is the same. :func:`run_job`
-turns a job into its row; the executors only map jobs to rows.
+the store's fingerprint, the budget, the candidates per pick, the select mode, the training
+steps and, for learned policies, the resolved hyperparameters. Its :attr:`Job.digest` keys the
+job file, so a resumed evaluation reuses a row only when every one of those is the same.
+:func:`run_job` turns a job into its row; the executors only map jobs to rows.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ class Job:
     retrain_epochs: int | None
     cache: str
     """Absolute path of the training cache (shared by jobs that train the same policy)."""
+    select_mode: str = "episode"
+    """How the policy selects: ``episode`` (the paper's protocol) or ``rank`` (the best B of
+    the whole pool); see :func:`~misical_gym.train.select.select_patches`."""
 
     @property
     def agent(self) -> str:
@@ -101,6 +104,8 @@ class Job:
         fields = dataclasses.asdict(self)
         for name in ("store", "cache", "retrain", "retrain_epochs"):
             del fields[name]
+        if self.select_mode == "episode":
+            del fields["select_mode"]  # the jobs of before rank mode keep their digests
         if self.learned:
             fields["training"] = self.training()
         return _digest({"format": JOB_FORMAT, **fields})
@@ -197,8 +202,17 @@ def run_job(job: Job) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     policy: str | CandidatePolicy = trained_policy(job) if job.learned else job.policy
+    rank = job.select_mode == "rank"
     selection = select_patches(
-        job.store, policy, job.target, job.budget, pool_size=job.pool_size, seed=job.seed
+        job.store,
+        policy,
+        job.target,
+        job.budget,
+        pool_size=job.pool_size,
+        seed=job.seed,
+        mode=job.select_mode,
+        # The evaluation scores picks with their oracle counts: only labelled patches qualify.
+        include_labelled=rank,
     )
     store = FeatureStore.open(job.store)
     ids = np.array([p["patch_id"] for p in selection["picks"]], dtype=np.int64)

@@ -32,9 +32,16 @@ def _coco(path: Path, store: FeatureStore) -> list[Annotation]:
     return read_coco(path, store)
 
 
+def _labelstudio(path: Path, store: FeatureStore) -> list[Annotation]:
+    from misical_gym.annotations.labelstudio import read_labelstudio
+
+    return read_labelstudio(path, store)
+
+
 _READERS: dict[str, Callable[[Path, FeatureStore], list[Annotation]]] = {
     "masks": _masks,
     "coco": _coco,
+    "labelstudio": _labelstudio,
 }
 FORMATS: tuple[str, ...] = tuple(_READERS)
 

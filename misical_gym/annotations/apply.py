@@ -102,7 +102,7 @@ def read_picks(path: Path, store: FeatureStore) -> np.ndarray:
     """
     try:
         selection = json.loads(Path(path).read_text(encoding="utf-8"))
-        store_name = Path(selection["store"]).name
+        store_name = selection.get("store_id") or Path(selection["store"]).name
         picks = selection["picks"]
         ids = np.array([int(p["patch_id"]) for p in picks], dtype=np.int64)
         names = [str(p["image_id"]) for p in picks]

@@ -4,7 +4,7 @@ Images are named by ``file_name`` (the dataset's own file name) and must say the
 and ``width``; categories are matched to the store's classes by name. Pixels no annotation
 covers are "not annotated" (255), so a patch is labelled only where the annotations cover every
 pixel of it, background classes included. A file whose ``info`` names a store
-(``"misical_store"``, ``"misical_fingerprint"``, as ``misical select --format coco`` writes
+(``"store_id"``, ``"store_fingerprint"``, as ``misical select --format coco`` writes
 them) must name this store; a file without them is matched by file name only.
 """
 
@@ -35,8 +35,8 @@ def read_coco(path: Path, store: FeatureStore) -> list[Annotation]:
     path = Path(path).expanduser().resolve()
     data = CocoJson(path.parent, [path], allow_outside_root=True)  # images are never read
     info = data.info
-    if "misical_store" in info or "misical_fingerprint" in info:
-        check_store_id(store, info.get("misical_store"), info.get("misical_fingerprint"), path)
+    if "store_id" in info or "store_fingerprint" in info:
+        check_store_id(store, info.get("store_id"), info.get("store_fingerprint"), path)
     lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for train_id, name in enumerate(data.class_names):
         if name not in store.class_names:

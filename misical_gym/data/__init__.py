@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,6 +54,7 @@ __all__ = [
     "resize_example",
     "split_indices",
     "store_image",
+    "store_image_file",
 ]
 
 _DATASET_KINDS = ("synthetic", "coco10k", "coco164k", "coco-json", "masks", "unlabelled")
@@ -108,6 +110,30 @@ def store_image(store: FeatureStore, image_index: int) -> tuple[np.ndarray, np.n
             of them is damaged.
         DatasetError: the dataset is gone or changed.
     """
+    dataset, item = _store_item(store, image_index)
+    return dataset[item]
+
+
+def store_image_file(store: FeatureStore, image_index: int) -> tuple[Path | None, str]:
+    """``(folder, name)`` of one of ``store``'s image files, ``name`` the dataset's own.
+
+    A store that does not record where its images are, or whose dataset is not read from
+    files (the synthetic world), gives ``(None, image id)``.
+
+    Raises:
+        StoreError, DatasetError: as :func:`store_image`, for a store that records its images.
+    """
+    if not store.can_reach_images:
+        return None, store.image_ids[int(image_index)]
+    dataset, item = _store_item(store, image_index)
+    image_file = getattr(dataset, "image_file", None)
+    if image_file is None:
+        return None, store.image_ids[int(image_index)]
+    return image_file(item)
+
+
+def _store_item(store: FeatureStore, image_index: int) -> tuple[SegmentationDataset, int]:
+    """The dataset and item index that hold image ``image_index`` of ``store``."""
     if not store.can_reach_images:
         raise StoreError(f"{store.path}: this store does not record where its images are")
     manifest = store.path / "manifest.json"
@@ -131,7 +157,7 @@ def store_image(store: FeatureStore, image_index: int) -> tuple[np.ndarray, np.n
             f"{manifest}: dataset items[{index}] names image {item} of a source that has "
             f"{len(dataset)}; the dataset changed or the manifest was edited"
         )
-    return dataset[item]
+    return dataset, item
 
 
 @functools.lru_cache(maxsize=16)

@@ -156,6 +156,12 @@ class CocoStuff10k:
         _check_same_size(label, mat_path, image, image_path)
         return image, label
 
+    def image_file(self, index: int) -> tuple[Path, str]:
+        """``(folder, name)``: image ``index``'s file is ``folder / name``, ``name`` the
+        dataset's own (POSIX) name of it. Exports name images this way."""
+        image_id = self.image_ids[_check_index(index, len(self), type(self).__name__)]
+        return self.root / "images", f"{image_id}.jpg"
+
 
 class CocoStuff164k:
     """COCO-Stuff 164k: COCO 2017 images with the ``stuffthingmaps`` label PNGs.
@@ -231,6 +237,12 @@ class CocoStuff164k:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def image_file(self, index: int) -> tuple[Path, str]:
+        """``(folder, name)``: image ``index``'s file is ``folder / name``, ``name`` the
+        dataset's own (POSIX) name of it. Exports name images this way."""
+        name = self.image_ids[_check_index(index, len(self), type(self).__name__)]
+        return self._image_dir, f"{name}.jpg"
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(image uint8 [H, W, 3], label uint8 [H, W])`` of image ``index``.
@@ -386,6 +398,12 @@ class CocoJson:
 
     def __len__(self) -> int:
         return len(self._image_keys)
+
+    def image_file(self, index: int) -> tuple[Path, str]:
+        """``(folder, name)``: image ``index``'s file is ``folder / name``, ``name`` the
+        dataset's own (POSIX) name of it. Exports name images this way."""
+        image_key = self._image_keys[_check_index(index, len(self), type(self).__name__)]
+        return self.image_dir, self._images[image_key][0]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(image uint8 [H, W, 3], label uint8 [H, W])`` of image ``index``.

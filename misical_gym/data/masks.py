@@ -284,6 +284,14 @@ class MaskFolder:
         _check_same_size(label, label_path, image, image_path)
         return image, label
 
+    def image_file(self, index: int) -> tuple[Path, str]:
+        """``(folder, name)``: image ``index``'s file is ``folder / name``, ``name`` the
+        dataset's own (POSIX) name of it. Exports name images this way."""
+        image = self._pairs[_check_index(index, len(self), type(self).__name__)][0]
+        if image.is_relative_to(self.root):
+            return self.root, image.relative_to(self.root).as_posix()
+        return image.parent, image.name
+
     # ------------------------------------------------------------------ pairing
     def _scan_folders(self) -> list[tuple[Path, Path]]:
         if self.images is None or self.labels is None:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from misical_gym.cli import main
-from misical_gym.train import run_training
 from misical_gym.train.select import select_patches
 
 
@@ -67,19 +66,8 @@ def test_same_seed_same_file(tiny_store, tmp_path, fmt) -> None:
         assert all(len(a["bbox"]) == 4 and a["bbox"][2] > 0 for a in coco["annotations"])
 
 
-def test_a_saved_ddqn_run_selects(tiny_store, tmp_path) -> None:
-    run_dir = run_training(
-        "ddqn",
-        "MiSiCAL-Store",
-        env_kwargs={"root": str(tiny_store.path), "budget": 8, "pool_size": 8},
-        target="class3",
-        steps=100,
-        logdir=tmp_path,
-        hyperparams={"learning_starts": 20, "batch_size": 8},
-        device="cpu",
-        eval_episodes=1,
-        progress=False,
-    ).run_dir
+def test_a_saved_ddqn_run_selects(tiny_store, saved_ddqn_run) -> None:
+    run_dir = saved_ddqn_run
     # The run trained with budget 8; selection asks for 30 picks from the same store.
     selection = select_patches(
         tiny_store.path, str(run_dir), "class3", 30, pool_size=8, device="cpu"
