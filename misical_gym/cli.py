@@ -415,6 +415,8 @@ def _add_label(commands: Any) -> None:
         "only, unless --picks names the selection they answer. coco: COCO JSON (polygons or "
         "RLE), categories matched by class name, pixels no annotation covers not annotated; its"
         " info's store_id and store_fingerprint, when present, must name this store. "
+        "labelstudio: a Label Studio JSON export of the tasks misical select --format "
+        "labelstudio wrote (polygons or brush masks; their store id and fingerprint must match). "
         "Nothing changes when anything is refused (an image the store does not know, a size "
         "mismatch, another store's fingerprint); labelling again is idempotent, and the store "
         "is rewritten atomically.",
