@@ -29,6 +29,7 @@ import numpy as np
 import yaml
 
 from misical_gym.agents.policy import CandidatePolicy, play_episode
+from misical_gym.annotations.apply import read_picks
 from misical_gym.atomic import atomic_write_text
 from misical_gym.envs.patch_selection import unwrap_misical
 from misical_gym.paths import safe_name
@@ -270,40 +271,6 @@ def _rank_candidates(
             )
         )
     return candidates
-
-
-def read_picks(path: str | os.PathLike[str], store: FeatureStore) -> np.ndarray:
-    """The store ids of a picks file that ``misical select --format json`` wrote for ``store``.
-
-    Raises:
-        ValueError: the file is unreadable, not a picks file, or was written for another
-            store (its id or fingerprint differ) or another version of it.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable picks file ({exc})") from None
-    picks = data.get("picks") if isinstance(data, dict) else None
-    ids = [p.get("patch_id") if isinstance(p, dict) else None for p in picks or []]
-    if not isinstance(picks, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < store.num_patches for i in ids
-    ):
-        raise ValueError(
-            f"{path}: not a picks file of this store (misical select --format json writes one: "
-            f"a 'picks' list whose patch_id are ids of its {store.num_patches} patches)"
-        )
-    fingerprint = data.get("store_fingerprint")
-    # A picks file made before a label or add-images run names the same patches.
-    if data.get("store_id") != store.path.name or not (
-        isinstance(fingerprint, str) and store.knows_fingerprint(fingerprint)
-    ):
-        raise ValueError(
-            f"{path} was written for store {data.get('store_id')!r} (fingerprint "
-            f"{data.get('store_fingerprint')!r}), not for {store.path.name!r} (fingerprint "
-            f"{store.fingerprint!r}): its patch ids mean other patches here"
-        )
-    return np.asarray(ids, dtype=np.int64)
 
 
 def render(selection: dict[str, Any], fmt: str, *, image_root_url: str | None = None) -> str:

@@ -90,8 +90,9 @@ def label_patches(
     return summary
 
 
-def read_picks(path: Path, store: FeatureStore) -> np.ndarray:
-    """The patch ids of a ``misical select`` JSON file, checked against ``store``.
+def read_picks(path: str | Path, store: FeatureStore) -> np.ndarray:
+    """The patch ids of a ``misical select`` JSON file, checked against ``store``: the one
+    reader of picks files (``label --picks``, ``select --exclude``).
 
     Every pick must name a patch of the store with its image and box as the store has them,
     so picks of another store (or an edited file) are refused, not silently misapplied; a
@@ -108,10 +109,10 @@ def read_picks(path: Path, store: FeatureStore) -> np.ndarray:
         names = [str(p["image_id"]) for p in picks]
         boxes = np.array([[int(v) for v in p["box"]] for p in picks], dtype=np.int64)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"--picks {path}: cannot read it as JSON ({exc})") from None
+        raise DatasetError(f"{path}: cannot read it as JSON ({exc})") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(
-            f"--picks {path}: not a misical select JSON file (store, picks with patch_id, "
+            f"{path}: not a misical select JSON file (store, picks with patch_id, "
             f"image_id and box): {type(exc).__name__}: {exc}"
         ) from None
     if "store_fingerprint" in selection:
@@ -129,7 +130,7 @@ def read_picks(path: Path, store: FeatureStore) -> np.ndarray:
     if not same.all():
         bad = int(np.flatnonzero(~same)[0])
         raise DatasetError(
-            f"--picks {path}: pick {bad} (patch {ids[bad]}, image {names[bad]!r}, box "
+            f"{path}: pick {bad} (patch {ids[bad]}, image {names[bad]!r}, box "
             f"{boxes[bad].tolist()}) is not a patch of store {store.path.name!r}; the picks come "
             "from another store or were edited"
         )

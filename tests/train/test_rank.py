@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from misical_gym.annotations.apply import read_picks
 from misical_gym.cli import main
 from misical_gym.envs.core import ObservationBuilder
 from misical_gym.store import FeatureStore
 from misical_gym.testing import write_random_store
 from misical_gym.train.jobs import Job
 from misical_gym.train.rank import best_patches, rank_scores
-from misical_gym.train.select import read_picks, select_patches
+from misical_gym.train.select import select_patches
 
 
 def _rank(store: FeatureStore, policy: str = "presence", budget: int = 30, **kw) -> list[int]:
@@ -132,7 +133,7 @@ def test_exclude_refuses_a_picks_file_of_another_store(tiny_store, tmp_path, cap
     assert main(_select_argv(tiny_store, out, "--include-labelled", "--exclude", str(picks))) == 2
     err = capsys.readouterr().err
     assert "misical: error:" in err and str(picks) in err
-    assert ("not a picks file" if change == "patch_id" else "was written for store") in err
+    assert ("is not a patch of store" if change == "patch_id" else "was made for store") in err
     assert not out.exists()
 
 
