@@ -101,9 +101,9 @@ def run_demo(
     from misical_gym.prepare import prepare_synthetic
     from misical_gym.store import MANIFEST, FeatureStore
     from misical_gym.train.evaluate import evaluate
+    from misical_gym.train.executors import check_executor
 
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+    check_executor(workers, use_ray=False)  # before the store is prepared
     out = Path(out)
     start = time.time()
     path = default_store_path(config.store_name)

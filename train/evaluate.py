@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from misical_gym.atomic import atomic_write_text
-from misical_gym.train.executors import import_ray, map_jobs
+from misical_gym.train.executors import check_executor, import_ray, map_jobs
 from misical_gym.train.jobs import Job, longest_first, policy_agent, run_job
 from misical_gym.train.report import write_outputs
 from misical_gym.train.statistics import summarize
@@ -73,8 +73,7 @@ def evaluate(
     """
     from misical_gym.store import FeatureStore
 
-    if use_ray and workers > 1:
-        raise ValueError("--workers and --ray are mutually exclusive: Ray schedules the jobs")
+    check_executor(workers, use_ray)
     if ray_address is not None and not use_ray:
         raise ValueError("--ray-address needs --ray")
     if use_ray:

@@ -36,10 +36,7 @@ def map_jobs(
         ValueError: ``workers`` is below 1, or both ``workers > 1`` and ``use_ray``.
         MissingDependencyError: ``use_ray`` without Ray installed.
     """
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
-    if use_ray and workers > 1:
-        raise ValueError("--workers and --ray are mutually exclusive: Ray schedules the jobs")
+    check_executor(workers, use_ray)
     if use_ray:
         yield from _on_ray(run, jobs, ray_address)
     elif workers > 1:
@@ -47,6 +44,19 @@ def map_jobs(
     else:
         for job in jobs:
             yield job, run(job)
+
+
+def check_executor(workers: int, use_ray: bool) -> None:
+    """Raise ValueError unless ``workers`` and ``use_ray`` name one executor; callers check
+    before any work, :func:`map_jobs` again when it starts.
+
+    Raises:
+        ValueError: ``workers`` is below 1, or both ``workers > 1`` and ``use_ray``.
+    """
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    if use_ray and workers > 1:
+        raise ValueError("--workers and --ray are mutually exclusive: Ray schedules the jobs")
 
 
 def _in_processes(
