@@ -97,6 +97,15 @@ def _add_prepare(commands: Any) -> None:
         sub.add_argument(
             "--mc-stride", type=int, default=4, help="head resolution for MC statistics (1/4)"
         )
+        sub.add_argument(
+            "--uncertainty",
+            default="bald,entropy",
+            metavar="M1,M2",
+            help="uncertainty metrics of the store's patch columns: bald,entropy (the default, "
+            "always computed) plus any of margin, least_confidence, variation_ratio, prob_std, "
+            "each pooled per patch as its mean and its most uncertain pixel, in the same "
+            "MC-dropout pass",
+        )
         sub.add_argument("--epochs", type=int, default=epochs, help=f"segmenter epochs ({epochs})")
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -230,6 +239,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         init_fraction=args.init_fraction,
         mc_samples=args.mc_samples,
         mc_stride=args.mc_stride,
+        uncertainty=tuple(m.strip() for m in args.uncertainty.split(",") if m.strip()),
         epochs=args.epochs,
         image_size=None if args.dataset == "synthetic" else args.image_size,
         device=args.device,
