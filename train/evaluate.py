@@ -113,8 +113,6 @@ def evaluate(
     else:
         names = [store.class_names[store.class_index(t)] for t in targets]
     out = Path(out)
-    jobs_dir = out / "jobs"
-    jobs_dir.mkdir(parents=True, exist_ok=True)
     jobs = [
         Job(
             store=str(store.path.resolve()),
@@ -136,19 +134,9 @@ def evaluate(
         for policy in policies
         for seed in range(seeds)
     ]
-    finished = {job: _finished_row(jobs_dir, job) for job in jobs}
-    rows = {job: row for job, row in finished.items() if row is not None}
-    todo = longest_first([job for job, row in finished.items() if row is None])
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(todo), desc="evaluate", unit="job") as bar:
-        for job, row in map_jobs(
-            run_job, todo, workers=workers, use_ray=use_ray, ray_address=ray_address
-        ):
-            record = {"digest": job.digest, "row": row}
-            atomic_write_text(jobs_dir / job.file_name, json.dumps(record))
-            rows[job] = row
-            bar.update()
+    rows = run_missing_jobs(
+        jobs, out / "jobs", workers=workers, use_ray=use_ray, ray_address=ray_address
+    )
     # Sorted as text by target, policy and seed: the row order the results files have had.
     table = [rows[job] for job in sorted(jobs, key=_row_order)]
     summary = summarize(table, policies, names, store.rare_classes, store.class_names)
@@ -161,6 +149,34 @@ def evaluate(
         summary["retrain_epochs"] = retrain_epochs
     write_outputs(out, table, summary)
     return summary
+
+
+def run_missing_jobs(
+    jobs: list[Job],
+    jobs_dir: Path,
+    *,
+    workers: int = 1,
+    use_ray: bool = False,
+    ray_address: str | None = None,
+    desc: str = "evaluate",
+) -> dict[Job, dict[str, Any]]:
+    """Every job's row: from its job file in ``jobs_dir`` when one answers it, else run now
+    (on the executor asked for) and written there atomically as soon as it ends."""
+    from tqdm.auto import tqdm
+
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    finished = {job: _finished_row(jobs_dir, job) for job in jobs}
+    rows = {job: row for job, row in finished.items() if row is not None}
+    todo = longest_first([job for job, row in finished.items() if row is None])
+    with tqdm(total=len(todo), desc=desc, unit="job") as bar:
+        for job, row in map_jobs(
+            run_job, todo, workers=workers, use_ray=use_ray, ray_address=ray_address
+        ):
+            record = {"digest": job.digest, "row": row}
+            atomic_write_text(jobs_dir / job.file_name, json.dumps(record))
+            rows[job] = row
+            bar.update()
+    return rows
 
 
 def _row_order(job: Job) -> str:
@@ -182,13 +198,38 @@ def _finished_row(jobs_dir: Path, job: Job) -> dict[str, Any] | None:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--targets", default="all", help="all, or comma-separated class names")
+    add_job_arguments(parser)
     parser.add_argument(
         "--policies",
         default=",".join(DEFAULT_POLICIES),
         help="comma-separated agents; <agent>-goal is one goal-conditioned policy (ddqn-goal)",
     )
+    parser.add_argument(
+        "--retrain-policies",
+        default=None,
+        metavar="P1,P2",
+        help="with --retrain: retrain only after these policies' picks (default: all; "
+        "must include random)",
+    )
+    parser.add_argument(
+        "--select-mode",
+        default="episode",
+        choices=["episode", "rank"],
+        help="how every policy selects: episode (default: the paper's protocol, best of "
+        "--pool-size candidates per pick) or rank (the best --budget of the whole pool)",
+    )
+
+
+def add_job_arguments(
+    parser: argparse.ArgumentParser,
+    retrain_help: str = "also fine-tune the segmenter on init plus each job's picks (labelled "
+    "inside the picked patches only) and record the target's test IoU (needs the store's images)",
+) -> None:
+    """The flags of ``misical evaluate`` that ``misical sweep`` takes too: the store, the
+    targets, the jobs' settings, the executor, retraining (``retrain_help`` says what it
+    retrains after) and ``--out``."""
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--targets", default="all", help="all, or comma-separated class names")
     parser.add_argument("--budget", type=int, default=100, help="patches per selection (100)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--pool-size", type=int, default=32)
@@ -212,8 +253,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retrain",
         action="store_true",
-        help="also fine-tune the segmenter on init plus each job's picks (labelled inside the "
-        "picked patches only) and record the target's test IoU (needs the store's images)",
+        help=retrain_help,
     )
     parser.add_argument(
         "--retrain-epochs",
@@ -221,20 +261,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="with --retrain: fine-tuning epochs (32)",
-    )
-    parser.add_argument(
-        "--retrain-policies",
-        default=None,
-        metavar="P1,P2",
-        help="with --retrain: retrain only after these policies' picks (default: all; "
-        "must include random)",
-    )
-    parser.add_argument(
-        "--select-mode",
-        default="episode",
-        choices=["episode", "rank"],
-        help="how every policy selects: episode (default: the paper's protocol, best of "
-        "--pool-size candidates per pick) or rank (the best --budget of the whole pool)",
     )
     parser.add_argument("--out", type=Path, required=True)
 

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +102,10 @@ def pool_env(
     budget: int,
     pool_size: int,
     target_onehot: bool = False,
+    features: str | Sequence[str] = "all",
 ) -> gym.Env:
-    """The env selection plays in: the store's pool split, one target."""
+    """The env selection plays in: the store's pool split, one target, the policy's
+    observation columns (``features``, as it was trained)."""
     import misical_gym  # noqa: F401  (registers the ids)
 
     return gym.make(
@@ -113,6 +116,7 @@ def pool_env(
         pool_size=pool_size,
         target_class=target,
         target_onehot=target_onehot,
+        features=features,
     )
 
 
@@ -129,6 +133,7 @@ def select_patches(
     max_per_image: int | None = None,
     exclude: np.ndarray | None = None,
     include_labelled: bool = False,
+    features: str | Sequence[str] = "all",
 ) -> dict[str, Any]:
     """Pick ``budget`` pool patches; returns the picks with their image ids, boxes and scores.
 
@@ -145,6 +150,7 @@ def select_patches(
         max_per_image: Rank only: at most this many patches of one image.
         exclude: Rank only: store ids never to pick (:func:`read_picks` of earlier picks).
         include_labelled: Rank only: rank labelled patches too (unlabelled ones always are).
+        features: The observation columns the policy was trained on (the env's ``features``).
 
     Raises:
         ValueError: an unknown mode, a rank-only option in episode mode, or nothing to rank.
@@ -158,13 +164,13 @@ def select_patches(
         )
     if max_per_image is not None and max_per_image < 1:
         raise ValueError(f"--max-per-image must be positive, got {max_per_image}")
-    env = pool_env(store, target, budget, pool_size)
+    env = pool_env(store, target, budget, pool_size, features=features)
     model = load_policy(policy, env, device, seed) if isinstance(policy, str) else policy
     base = unwrap_misical(env)
     if model.candidate_shape[1] == base.candidate_shape[1] + base.store.num_classes:
         # A goal-conditioned policy (trained on target_class="random") reads the target as a
         # one-hot in every candidate's row.
-        env = pool_env(store, target, budget, pool_size, target_onehot=True)
+        env = pool_env(store, target, budget, pool_size, target_onehot=True, features=features)
     base = unwrap_misical(env)
     s = base.store
     if mode == "episode":
