@@ -530,6 +530,30 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return evaluate_main(args)
 
 
+# ---------------------------------------------------------------------------- sweep
+def _add_sweep(commands: Any) -> None:
+    from misical_gym.train.sweep import add_sweep_arguments
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train and evaluate a grid of hyperparameters and env arguments against random",
+        description="For every point of --grid x --env-grid, target and seed: train the agent "
+        "as misical evaluate does, select from the pool, and count the target pixels acquired "
+        "(and the greedy reward) against random's. Writes points.csv/json, heatmaps per target "
+        "and pair of axes, and summary.md. Resumes in the same --out.",
+    )
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from misical_gym.atomic import check_writable_dir
+    from misical_gym.train.sweep import main as sweep_main
+
+    check_writable_dir(args.out)
+    return sweep_main(args)
+
+
 # ---------------------------------------------------------------------------- demo
 def _add_demo(commands: Any) -> None:
     from misical_gym.train.demo import add_demo_arguments
@@ -562,6 +586,7 @@ _SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_train,
     _add_select,
     _add_evaluate,
+    _add_sweep,
 ]
 
 
