@@ -25,13 +25,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from misical_gym.atomic import atomic_write_text
 from misical_gym.train.executors import check_executor, import_ray, map_jobs
 from misical_gym.train.jobs import Job, longest_first, policy_agent, run_job
 from misical_gym.train.report import write_outputs
 from misical_gym.train.statistics import summarize
+
+if TYPE_CHECKING:
+    from misical_gym.store import FeatureStore
 
 DEFAULT_POLICIES = ("ddqn", "dqn", "random", "bald", "entropy", "presence", "supervised")
 
@@ -73,11 +76,7 @@ def evaluate(
     """
     from misical_gym.store import FeatureStore
 
-    check_executor(workers, use_ray)
-    if ray_address is not None and not use_ray:
-        raise ValueError("--ray-address needs --ray")
-    if use_ray:
-        import_ray()  # fail before any work when the extra is missing
+    check_run_settings(workers, use_ray, ray_address, budget, seeds)
     store = FeatureStore.open(store_path)
     for policy in policies:
         policy_agent(policy)  # a clear error for an unknown name before any work
@@ -87,15 +86,8 @@ def evaluate(
 
     if select_mode not in MODES:
         raise ValueError(f"unknown select mode {select_mode!r}; choose one of {', '.join(MODES)}")
-    if budget < 1 or seeds < 1:
-        raise ValueError("--budget and --seeds must be positive")
     if retrain:
-        from misical_gym.segmenter.retrain import DEFAULT_RETRAIN_EPOCHS, check_retrainable
-
-        retrain_epochs = DEFAULT_RETRAIN_EPOCHS if retrain_epochs is None else retrain_epochs
-        if retrain_epochs < 0:
-            raise ValueError(f"--retrain-epochs must be non-negative, got {retrain_epochs}")
-        check_retrainable(store)  # a clear error before any work
+        retrain_epochs = retraining_epochs(store, retrain_epochs)
         retrain_policies = policies if retrain_policies is None else tuple(retrain_policies)
         unknown = sorted(set(retrain_policies) - set(policies))
         if unknown:
@@ -106,12 +98,7 @@ def evaluate(
         raise ValueError("--retrain-epochs and --retrain-policies need --retrain")
     else:
         retrain_policies = ()
-    if targets == "all":
-        names = [
-            n for n, k in zip(store.class_names, store.class_patches("pool"), strict=True) if k
-        ]
-    else:
-        names = [store.class_names[store.class_index(t)] for t in targets]
+    names = target_names(store, targets)
     out = Path(out)
     jobs = [
         Job(
@@ -149,6 +136,39 @@ def evaluate(
         summary["retrain_epochs"] = retrain_epochs
     write_outputs(out, table, summary)
     return summary
+
+
+def check_run_settings(
+    workers: int, use_ray: bool, ray_address: str | None, budget: int, seeds: int
+) -> None:
+    """Raise ValueError (or MissingDependencyError for Ray) before any work unless the
+    executor, ``budget`` and ``seeds`` are valid: the checks of evaluate and sweep."""
+    check_executor(workers, use_ray)
+    if ray_address is not None and not use_ray:
+        raise ValueError("--ray-address needs --ray")
+    if use_ray:
+        import_ray()  # fail before any work when the extra is missing
+    if budget < 1 or seeds < 1:
+        raise ValueError("--budget and --seeds must be positive")
+
+
+def retraining_epochs(store: FeatureStore, epochs: int | None) -> int:
+    """``--retrain-epochs`` (None: the default), checked, with the store checked retrainable:
+    a clear error before any work."""
+    from misical_gym.segmenter.retrain import DEFAULT_RETRAIN_EPOCHS, check_retrainable
+
+    epochs = DEFAULT_RETRAIN_EPOCHS if epochs is None else epochs
+    if epochs < 0:
+        raise ValueError(f"--retrain-epochs must be non-negative, got {epochs}")
+    check_retrainable(store)
+    return epochs
+
+
+def target_names(store: FeatureStore, targets: str | list[str]) -> list[str]:
+    """``--targets``: ``"all"`` (every class in the pool) or names, as the store spells them."""
+    if targets == "all":
+        return [n for n, k in zip(store.class_names, store.class_patches("pool"), strict=True) if k]
+    return [store.class_names[store.class_index(t)] for t in targets]
 
 
 def run_missing_jobs(

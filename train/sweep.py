@@ -45,8 +45,13 @@ import yaml
 from misical_gym.atomic import atomic_path, atomic_write_text
 from misical_gym.paths import safe_name
 from misical_gym.train.agents import AGENTS, HEURISTIC_AGENTS, agent_class, valid_hyperparams
-from misical_gym.train.evaluate import add_job_arguments, run_missing_jobs
-from misical_gym.train.executors import check_executor, import_ray
+from misical_gym.train.evaluate import (
+    add_job_arguments,
+    check_run_settings,
+    retraining_epochs,
+    run_missing_jobs,
+    target_names,
+)
 from misical_gym.train.jobs import Job
 from misical_gym.train.statistics import summarize
 
@@ -206,32 +211,16 @@ def sweep(
     from misical_gym.store import FeatureStore
 
     grid, env_grid = dict(grid or {}), dict(env_grid or {})
-    check_executor(workers, use_ray)
-    if ray_address is not None and not use_ray:
-        raise ValueError("--ray-address needs --ray")
-    if use_ray:
-        import_ray()
-    if budget < 1 or seeds < 1:
-        raise ValueError("--budget and --seeds must be positive")
+    check_run_settings(workers, use_ray, ray_address, budget, seeds)
     if optuna_trials is not None and optuna_trials < 1:
         raise ValueError(f"--optuna must be at least 1, got {optuna_trials}")
     store = FeatureStore.open(store_path)
     points = check_grids(agent, grid, env_grid, str(store.path))
     if retrain:
-        from misical_gym.segmenter.retrain import DEFAULT_RETRAIN_EPOCHS, check_retrainable
-
-        retrain_epochs = DEFAULT_RETRAIN_EPOCHS if retrain_epochs is None else retrain_epochs
-        if retrain_epochs < 0:
-            raise ValueError(f"--retrain-epochs must be non-negative, got {retrain_epochs}")
-        check_retrainable(store)
+        retrain_epochs = retraining_epochs(store, retrain_epochs)
     elif retrain_epochs is not None:
         raise ValueError("--retrain-epochs needs --retrain")
-    if targets == "all":
-        names = [
-            n for n, k in zip(store.class_names, store.class_patches("pool"), strict=True) if k
-        ]
-    else:
-        names = [store.class_names[store.class_index(t)] for t in targets]
+    names = target_names(store, targets)
     out = Path(out)
     base = Job(
         store=str(store.path.resolve()),
@@ -479,7 +468,7 @@ def _statistics(
         for r in table
         for v in r["seed_target_pixels"]
     ]
-    first = {}
+    first: dict[str, list[int]] = {}
     for r in table:  # random's picks do not depend on the point: one copy per target
         first.setdefault(r["target"], r["random_seed_target_pixels"])
     rows += [
@@ -568,10 +557,11 @@ def _markdown(table: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for target, s in summary["spread"].items():
+        # One seed has no spread to show; a 0.0 would read as a measured one.
+        seeds = f"{s['across_seeds']:.1f}" if summary["seeds"] > 1 else "- (1 seed)"
         lines.append(
             f"| {target} | {s['random_target_pixels']:.0f} | `{s['best_point']}` | "
-            f"{s['best_target_pixels']:.0f} | {s['across_seeds']:.1f} | "
-            f"{s['across_settings']:.1f} |"
+            f"{s['best_target_pixels']:.0f} | {seeds} | {s['across_settings']:.1f} |"
         )
     lines += [
         "",
@@ -672,7 +662,8 @@ def _heatmaps(out: Path, table: list[dict[str, Any]], summary: dict[str, Any]) -
                 ax.set_title(title, fontsize=9)
                 fig.colorbar(image, ax=ax, fraction=0.05)
             fig.suptitle(
-                f"{target}: {summary['agent']} against random, mean over {summary['seeds']} seeds",
+                f"{target}: {summary['agent']} against random, mean over {summary['seeds']} "
+                f"seed{'s' if summary['seeds'] > 1 else ''}",
                 fontsize=10,
             )
             fig.tight_layout()

@@ -9,27 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-import misical_gym.train.evaluate as evaluate_module
 from misical_gym.cli import main
 from misical_gym.train.sweep import HARD_COPY_INTERVAL, parse_grid, sweep
 
 # Few steps, and learning from step 10, so that every point takes gradient steps and copies.
 STEPS = {"budget": 6, "seeds": 2, "pool_size": 6, "pretrain_steps": 30, "online_steps": 10}
 GRID = {"gamma": [0, 0.9], "learning_starts": [10], "batch_size": [8]}
-
-
-@pytest.fixture()
-def jobs_run(monkeypatch) -> list:
-    """The jobs the sweep runs from now on (in this process)."""
-    jobs: list = []
-    real = evaluate_module.run_job
-
-    def recording(job):
-        jobs.append(job)
-        return real(job)
-
-    monkeypatch.setattr(evaluate_module, "run_job", recording)
-    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -165,16 +150,6 @@ def test_optuna_searches_the_grid_values(tiny_store, tmp_path, jobs_run) -> None
     ran = len(jobs_run)
     sweep(tiny_store.path, tmp_path, grid=grid, optuna_trials=3, **kwargs)
     assert len(jobs_run) == ran  # the seeded search replays its proposals from the job files
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A tiny prepared synthetic store: images the retraining can read again."""
-    from misical_gym.prepare import PrepareConfig, prepare_synthetic
-
-    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, threads=1)
-    out = tmp_path_factory.mktemp("prepared") / "synthetic"
-    return prepare_synthetic(out, images=24, config=config, progress=False)
 
 
 def test_retrain_reports_iou_for_the_best_point_of_each_reward(prepared, tmp_path) -> None:
