@@ -96,6 +96,28 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
     return config, run_dir / safe_name(str(model_name))
 
 
+def trained_features(policy: str) -> str | list[str]:
+    """The ``features=`` the run that ``policy`` names (a run directory or a model file in one)
+    was trained with; ``all`` for heuristics, model files outside a run and earlier runs.
+
+    Raises:
+        ValueError: the run's config is damaged, or its ``features`` is neither a name nor a
+            list of names.
+    """
+    path = Path(policy)
+    run_dir = path if path.is_dir() else path.parent
+    if policy in HEURISTIC_AGENTS or not (run_dir / "config.yaml").is_file():
+        return "all"
+    config, _ = read_run(run_dir)
+    env_kwargs = config.get("env_kwargs") or {}
+    features = env_kwargs.get("features", "all") if isinstance(env_kwargs, dict) else None
+    if isinstance(features, str) or (
+        isinstance(features, list) and all(isinstance(f, str) for f in features)
+    ):
+        return features
+    raise ValueError(f"{run_dir / 'config.yaml'}: env_kwargs.features is {features!r:.80}")
+
+
 def pool_env(
     store: str | os.PathLike[str],
     target: str | int,
@@ -133,7 +155,7 @@ def select_patches(
     max_per_image: int | None = None,
     exclude: np.ndarray | None = None,
     include_labelled: bool = False,
-    features: str | Sequence[str] = "all",
+    features: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Pick ``budget`` pool patches; returns the picks with their image ids, boxes and scores.
 
@@ -150,7 +172,8 @@ def select_patches(
         max_per_image: Rank only: at most this many patches of one image.
         exclude: Rank only: store ids never to pick (:func:`read_picks` of earlier picks).
         include_labelled: Rank only: rank labelled patches too (unlabelled ones always are).
-        features: The observation columns the policy was trained on (the env's ``features``).
+        features: The observation columns the policy was trained on (the env's ``features``);
+            None: those of the run ``policy`` names (:func:`trained_features`), else ``all``.
 
     Raises:
         ValueError: an unknown mode, a rank-only option in episode mode, or nothing to rank.
@@ -164,6 +187,8 @@ def select_patches(
         )
     if max_per_image is not None and max_per_image < 1:
         raise ValueError(f"--max-per-image must be positive, got {max_per_image}")
+    if features is None:
+        features = trained_features(policy) if isinstance(policy, str) else "all"
     env = pool_env(store, target, budget, pool_size, features=features)
     model = load_policy(policy, env, device, seed) if isinstance(policy, str) else policy
     base = unwrap_misical(env)

@@ -121,3 +121,19 @@ def test_a_heuristic_needs_its_column(tiny_store) -> None:
     make_agent("presence", env)  # reads target_presence, which the group keeps
     with pytest.raises(ValueError, match="reads the 'bald_mean' column"):
         make_agent("bald", env)
+
+
+def test_train_and_select_keep_a_runs_features(tiny_store, tmp_path) -> None:
+    from misical_gym.cli import main
+    from misical_gym.train.select import select_patches
+
+    argv = ["train", "--agent", "ddqn", "--env", "MiSiCAL-Store", "--target", "class3"]
+    argv += ["--env-kwargs", f"root={tiny_store.path}", "features=presence", "pool_size=6"]
+    argv += ["--steps", "40", "--eval-episodes", "1", "--logdir", str(tmp_path), "--threads", "1"]
+    assert main(argv) == 0
+    (run,) = tmp_path.glob("MiSiCAL-Store/class3/ddqn_0")
+    # The DDQN reads C + 2 columns per candidate; select builds its env with them, unasked.
+    picked = select_patches(tiny_store.path, str(run), "class3", 5, pool_size=6)
+    assert len(picked["picks"]) == 5
+    with pytest.raises(ValueError, match="rows of 10 features"):
+        select_patches(tiny_store.path, str(run), "class3", 5, pool_size=6, features="all")

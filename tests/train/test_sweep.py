@@ -174,6 +174,9 @@ def test_retrain_reports_iou_for_the_best_point_of_each_reward(prepared, tmp_pat
             block["best"][scheme]["point"]
             == max(mine, key=lambda p: p["target_pixels_mean"])["point"]
         )
+        if scheme == "binary":  # a binary reward counts the picks that hold the target
+            for p in mine:
+                assert p["reward_mean"] == pytest.approx(p["hit_rate_mean"] * STEPS["budget"])
         iou = block["best"][scheme]["iou"][rare]
         assert iou is None or 0.0 <= iou <= 1.0
     assert "## IoU after retraining (1 epochs)" in (tmp_path / "summary.md").read_text()
