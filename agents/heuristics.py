@@ -61,6 +61,11 @@ class HeuristicPolicy(RolloutLearner):
         super().__init__(env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose)
         self.name = name
         column = HEURISTICS[name]
+        if column is not None and column not in self.feature_names:
+            raise ValueError(
+                f"the {name} heuristic reads the {column!r} column, which this environment's "
+                "features= leaves out of its observation"
+            )
         self.column = None if column is None else self.feature_names.index(column)
 
     def scores(self, rows: np.ndarray) -> np.ndarray:

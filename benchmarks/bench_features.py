@@ -5,6 +5,8 @@ what a generic MC-dropout wrapper does (baal's, by default); head-only MC runs t
 and samples only the 1x1 head, accumulating the same per-patch statistics.
 
 Head-only MC runs at ``prepare``'s default stride (the head on encoder features pooled 4x4).
+It is also timed with each extra uncertainty metric of ``misical prepare --uncertainty`` and
+with all four, in the same streaming pass; their extra cost should stay within 1.3x.
 
 Usage: ``python benchmarks/bench_features.py [--images 64] [--samples 20] [--threads N]``
 (default threads: as ``prepare``, half the cores).
@@ -22,7 +24,7 @@ import torch
 
 from misical_gym.data import PatchGrid
 from misical_gym.data.synthetic import CLASS_NAMES, SyntheticScenes
-from misical_gym.features import mc_patch_features
+from misical_gym.features import EXTRA_METRICS, mc_patch_features
 from misical_gym.prepare import SYNTHETIC_DEFAULTS, PrepareConfig
 from misical_gym.runtime import default_threads
 from misical_gym.segmenter import SmallUNet
@@ -60,6 +62,22 @@ def seconds_per_image(
     return float(np.median(times)) / len(x)
 
 
+def interleaved(
+    runs: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor, repeats: int
+) -> dict[str, float]:
+    """Median seconds per image of each run, timed in turn within every round, so that a
+    change of the machine's load between rounds falls on all of them alike."""
+    for run in runs.values():
+        run(x[:2])  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) / len(x) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="images per timed batch")
@@ -81,6 +99,21 @@ def main() -> None:
         head_only = seconds_per_image(
             lambda b: mc_patch_features(model, b, grid, args.samples, args.stride), x, args.repeats
         )
+        extra = interleaved(
+            {
+                name: lambda b, metrics=metrics: mc_patch_features(
+                    model, b, grid, args.samples, args.stride, ("bald", "entropy", *metrics)
+                )
+                for name, metrics in [
+                    ("none", ()),
+                    *((m, (m,)) for m in EXTRA_METRICS),
+                    ("all", EXTRA_METRICS),
+                ]
+            },
+            x,
+            args.repeats,
+        )
+        baseline = extra.pop("none")
         full_model = FullModelMC(model, args.stride)
         full = seconds_per_image(
             lambda b: mc_patch_features(full_model, b, grid, args.samples), x, args.repeats
@@ -97,11 +130,15 @@ def main() -> None:
             "head_only_mc": round(head_only, 6),
             "full_model_mc": round(full, 6),
         },
+        "head_only_with_extra_uncertainty": {k: round(v, 6) for k, v in extra.items()},
+        # Against head-only MC timed in the same rounds: a loaded machine slows them alike.
+        "extra_uncertainty_over_head_only": {k: round(v / baseline, 2) for k, v in extra.items()},
         "head_only_over_deterministic": round(head_only / deterministic, 2),
         "full_model_over_head_only": round(full / head_only, 2),
         "required": {
             "head_only_mc <= 3x deterministic": head_only <= 3 * deterministic,
             "head_only_mc >= 5x faster than full_model_mc": full >= 5 * head_only,
+            "all extra uncertainty metrics <= 1.3x head_only_mc": extra["all"] <= 1.3 * baseline,
         },
     }
     print(json.dumps(report, indent=2))

@@ -204,17 +204,23 @@ class ObservationBuilder:
     """Builds per-candidate observation rows from store ids.
 
     Columns of a candidate's row, in order:
-        ``bald_mean, bald_max, entropy_mean``: class-agnostic uncertainty of the patch;
+        ``bald_mean, bald_max, entropy_mean``: class-agnostic uncertainty of the patch (and
+        any extra uncertainty columns the store was prepared with);
         ``presence:<class>`` for every class: mean predicted probability over the patch;
         ``target_presence``, ``target_class_bald``: the target's own presence and one-vs-rest
         BALD, so a policy trained on one target transfers its meaning to another;
         ``budget_left``: the fraction of the episode's budget still to spend;
         ``target:<class>`` one-hot (only with ``target_onehot``), for goal-conditioned agents.
 
-    An empty slot (store id -1) is all zeros. No oracle count ever enters a row.
+    ``features`` keeps only some of the patch columns (every column before ``budget_left``):
+    a group or a list of names, see :meth:`~misical_gym.layout.FeatureLayout.select`;
+    ``budget_left`` and the one-hot are always kept. An empty slot (store id -1) is all zeros.
+    No oracle count ever enters a row.
     """
 
-    def __init__(self, store: FeatureStore, target_onehot: bool) -> None:
+    def __init__(
+        self, store: FeatureStore, target_onehot: bool, features: str | Sequence[str] = "all"
+    ) -> None:
         self.store = store
         # A plain ndarray view of the memory map: NumPy's memmap subclass slows every gather.
         self.features = np.asarray(store.features)
@@ -222,8 +228,7 @@ class ObservationBuilder:
         self.num_global = layout.num_global
         self.num_base = layout.class_bald.start
         self.target_onehot = target_onehot
-        names = [*store.feature_names[: self.num_base], "target_presence", "target_class_bald"]
-        names.append("budget_left")
+        names = [*layout.observation_columns, "budget_left"]
         if target_onehot:
             names += [f"target:{name}" for name in store.class_names]
         self.names: tuple[str, ...] = tuple(names)
@@ -234,6 +239,16 @@ class ObservationBuilder:
         high[self.num_base + 1] = math.log(2)
         self.low = np.zeros(len(names), dtype=np.float32)
         self.high = high
+        self.num_full = len(names)
+        """Columns of a full row, before ``features`` keeps some of them."""
+        # The kept columns of a full row: None keeps them all, the default's fast path.
+        kept = list(layout.select(features))
+        kept += range(len(layout.observation_columns), len(names))
+        self.columns: np.ndarray | None = None
+        if len(kept) < len(names):
+            self.columns = np.array(kept, dtype=np.int64)
+            self.names = tuple(names[i] for i in kept)
+            self.low, self.high = self.low[self.columns], self.high[self.columns]
 
     @property
     def num_features(self) -> int:
@@ -257,7 +272,7 @@ class ObservationBuilder:
         # An empty slot (-1) takes the last row, like Python indexing; it is zeroed below.
         # The method, not np.take: it skips NumPy's function dispatch, about 2 µs of a step.
         rows = self.features.take(ids, axis=0)  # [..., K, 3 + 2C]
-        out = np.empty((*ids.shape, self.num_features), dtype=np.float32)
+        out = np.empty((*ids.shape, self.num_full), dtype=np.float32)
         g, nb = self.num_global, self.num_base
         out[..., :nb] = rows[..., :nb]
         if isinstance(target, int | np.integer):  # one target for every row: the fast path
@@ -278,7 +293,7 @@ class ObservationBuilder:
             np.put_along_axis(onehot, np.broadcast_to(t, (*ids.shape, 1)), 1.0, axis=-1)
         if may_have_empty and ids.size and ids.min() < 0:
             out[ids < 0] = 0.0
-        return out
+        return out if self.columns is None else out[..., self.columns]
 
 
 def _trailing(array: np.ndarray, ndim: int) -> np.ndarray:

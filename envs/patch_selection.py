@@ -51,10 +51,12 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
 
     ``Box(0, high, (pool_size * F,), float32)`` (or ``(pool_size, F)`` with ``flatten=False``):
     one row of F features per candidate, ``candidate_shape == (pool_size, F)``. The columns
-    (``feature_names``) are ``bald_mean``, ``bald_max``, ``entropy_mean``, ``presence:<class>``
-    for every class, ``target_presence``, ``target_class_bald`` and ``budget_left`` (the fraction
-    of the budget still to spend), plus a one-hot ``target:<class>`` block when
-    ``target_onehot``. Empty slots are all zeros. Oracle counts never appear.
+    (``feature_names``) are ``bald_mean``, ``bald_max``, ``entropy_mean`` (then the extra
+    uncertainty columns of a store prepared with ``--uncertainty``), ``presence:<class>`` for
+    every class, ``target_presence``, ``target_class_bald`` and ``budget_left`` (the fraction of
+    the budget still to spend), plus a one-hot ``target:<class>`` block when ``target_onehot``.
+    ``features`` keeps fewer of the columns before ``budget_left``, for ablations; F, the
+    bounds and ``feature_names`` follow. Empty slots are all zeros. Oracle counts never appear.
 
     ## Rewards
 
@@ -102,6 +104,11 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
     * ``flatten``: flat observations (default True) for SB3's MLP policies.
     * ``target_onehot``: append a one-hot of the target to each row; defaults to True exactly
       when ``target_class="random"``.
+    * ``features``: the patch columns to observe: ``"all"`` (default), ``"presence"`` (every
+      class's presence and ``target_presence``), ``"uncertainty"`` (the uncertainty columns and
+      ``target_class_bald``), ``"target_only"`` (``target_presence`` and
+      ``target_class_bald``), or a list of column names; ``budget_left`` and the one-hot are
+      always kept (see :meth:`~misical_gym.layout.FeatureLayout.select`).
     * ``render_mode``: ``"ansi"`` (a text summary of the episode) or ``"rgb_array"`` (the last
       chosen patch outlined in its image; needs a store that can reach its images, as every
       prepared store can).
@@ -134,6 +141,7 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         flatten: bool = True,
         target_onehot: bool | None = None,
         render_mode: str | None = None,
+        features: str | Sequence[str] = "all",
     ) -> None:
         _check_positive_int("budget", budget)
         _check_positive_int("pool_size", pool_size)
@@ -175,7 +183,7 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         if target_onehot is None:
             target_onehot = self.fixed_target is None
         self.reward_fn = RewardFunction(reward, reward_bins, reward_values)
-        self.builder = ObservationBuilder(self.store, bool(target_onehot))
+        self.builder = ObservationBuilder(self.store, bool(target_onehot), features)
         self.candidate_shape: tuple[int, int] = (self.pool_size, self.builder.num_features)
         self.feature_names = self.builder.names
         low = np.broadcast_to(self.builder.low, self.candidate_shape)

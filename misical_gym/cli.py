@@ -97,6 +97,15 @@ def _add_prepare(commands: Any) -> None:
         sub.add_argument(
             "--mc-stride", type=int, default=4, help="head resolution for MC statistics (1/4)"
         )
+        sub.add_argument(
+            "--uncertainty",
+            default="bald,entropy",
+            metavar="M1,M2",
+            help="uncertainty metrics of the store's patch columns: bald,entropy (the default, "
+            "always computed) plus any of margin, least_confidence, variation_ratio, prob_std, "
+            "each pooled per patch as its mean and its most uncertain pixel, in the same "
+            "MC-dropout pass",
+        )
         sub.add_argument("--epochs", type=int, default=epochs, help=f"segmenter epochs ({epochs})")
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -230,6 +239,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         init_fraction=args.init_fraction,
         mc_samples=args.mc_samples,
         mc_stride=args.mc_stride,
+        uncertainty=tuple(m.strip() for m in args.uncertainty.split(",") if m.strip()),
         epochs=args.epochs,
         image_size=None if args.dataset == "synthetic" else args.image_size,
         device=args.device,
@@ -520,6 +530,30 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return evaluate_main(args)
 
 
+# ---------------------------------------------------------------------------- sweep
+def _add_sweep(commands: Any) -> None:
+    from misical_gym.train.sweep import add_sweep_arguments
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train and evaluate a grid of hyperparameters and env arguments against random",
+        description="For every point of --grid x --env-grid, target and seed: train the agent "
+        "as misical evaluate does, select from the pool, and count the target pixels acquired "
+        "(and the greedy reward) against random's. Writes points.csv/json, heatmaps per target "
+        "and pair of axes, and summary.md. Resumes in the same --out.",
+    )
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from misical_gym.atomic import check_writable_dir
+    from misical_gym.train.sweep import main as sweep_main
+
+    check_writable_dir(args.out)
+    return sweep_main(args)
+
+
 # ---------------------------------------------------------------------------- demo
 def _add_demo(commands: Any) -> None:
     from misical_gym.train.demo import add_demo_arguments
@@ -552,6 +586,7 @@ _SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_train,
     _add_select,
     _add_evaluate,
+    _add_sweep,
 ]
 
 

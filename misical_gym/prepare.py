@@ -40,7 +40,7 @@ from misical_gym.data.patches import PatchGrid, split_indices
 from misical_gym.data.resize import resize_example
 from misical_gym.data.unlabelled import UnlabelledImages
 from misical_gym.errors import DatasetError
-from misical_gym.layout import FeatureLayout
+from misical_gym.layout import DEFAULT_UNCERTAINTY, FeatureLayout, check_uncertainty
 from misical_gym.paths import default_store_path
 from misical_gym.store import SPLITS, FeatureStore, check_destination
 
@@ -70,6 +70,9 @@ class PrepareConfig:
     """MC-dropout samples T of the head."""
     mc_stride: int = 4
     """The head's resolution for MC statistics: encoder features average-pooled by this."""
+    uncertainty: tuple[str, ...] = DEFAULT_UNCERTAINTY
+    """The uncertainty metrics of the store's global columns (``--uncertainty``): bald and
+    entropy always, and any of :data:`~misical_gym.features.EXTRA_METRICS`."""
     epochs: int = 20
     """Segmenter training epochs on the init split."""
     width: int = 16
@@ -90,6 +93,8 @@ class PrepareConfig:
             raise ValueError(f"--mc-samples must be at least 1, got {self.mc_samples}")
         if self.mc_stride < 1:
             raise ValueError(f"--mc-stride must be at least 1, got {self.mc_stride}")
+        # In column order, from any sequence (a manifest's settings hold a list).
+        object.__setattr__(self, "uncertainty", check_uncertainty(tuple(self.uncertainty)))
         if self.epochs < 0:
             raise ValueError(f"--epochs must be non-negative, got {self.epochs}")
         if self.threads is not None and self.threads < 1:
@@ -104,6 +109,11 @@ class PrepareConfig:
         """The settings as a JSON-serialisable dict (the grid as ``[rows, cols]``)."""
         out = {k: v for k, v in self.__dict__.items() if k != "grid"}
         out["grid"] = [self.grid.rows, self.grid.cols]
+        # Left out at the default, so a default store's manifest is what it has always been.
+        if self.uncertainty == DEFAULT_UNCERTAINTY:
+            del out["uncertainty"]
+        else:
+            out["uncertainty"] = list(self.uncertainty)
         return out
 
     def replace(self, **settings: Any) -> PrepareConfig:
@@ -314,7 +324,7 @@ def _prepare(
             partial["features"],
             "w+",
             np.float32,
-            (n * p, FeatureLayout.of(class_names).num_columns),
+            (n * p, FeatureLayout.of(class_names, config.uncertainty).num_columns),
         )
         counts = np.lib.format.open_memmap(partial["counts"], "w+", np.int32, (n * p, num_classes))
         image_sizes = np.empty((n, 2), dtype=np.int32)
@@ -367,6 +377,7 @@ def _prepare(
             },
             files={"segmenter.pt": checkpoint},
             overwrite=overwrite,
+            uncertainty=config.uncertainty,
         )
     finally:
         for path in partial.values():
@@ -416,7 +427,7 @@ def extract_features(
         x = torch.from_numpy(net_images).to(device).permute(0, 3, 1, 2) / 255.0
         rows = slice(start * p, stop * p)
         features[rows] = mc_patch_features(
-            model, x, grid, config.mc_samples, config.mc_stride
+            model, x, grid, config.mc_samples, config.mc_stride, config.uncertainty
         ).reshape(-1, features.shape[1])
         counts[rows] = np.concatenate([patch_class_counts(b[2], grid, num_classes) for b in batch])
         image_sizes[start:stop] = [b[2].shape for b in batch]

@@ -45,12 +45,14 @@ import numpy as np
 from misical_gym.atomic import atomic_directory, atomic_write_text, file_lock
 from misical_gym.data.patches import PatchGrid
 from misical_gym.errors import StoreError
-from misical_gym.layout import FeatureLayout
+from misical_gym.layout import DEFAULT_UNCERTAINTY, FeatureLayout
 
-SCHEMA_VERSION = 2
-"""Version 2 added ``labelled.npy``. Version 1 stores (written before any patch could be
-unlabelled) are still read, as all labelled, so every existing store and result stays valid."""
-READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+SCHEMA_VERSION = 3
+"""Version 3 added the extra uncertainty columns (``misical prepare --uncertainty``); a store
+with only the default ones is still written as version 2, which earlier releases read. Version
+2 added ``labelled.npy``. Version 1 stores (written before any patch could be unlabelled) are
+still read, as all labelled, so every existing store and result stays valid."""
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
 MANIFEST = "manifest.json"
 _LOCK = ".update.lock"
 """Held by :meth:`FeatureStore.update`: one writer at a time."""
@@ -209,10 +211,15 @@ class FeatureStore:
             actual = getattr(self, name).shape
             if actual != shape:
                 raise StoreError(f"{self.path / (name + '.npy')}: shape {actual}, expected {shape}")
-        if self.feature_names != self.layout.names:
+        try:
+            layout = self.layout
+        except ValueError as exc:
+            raise StoreError(f"{self.path / MANIFEST}: {exc}") from None
+        version = self.manifest["schema_version"]
+        if version < SCHEMA_VERSION and layout.uncertainty != DEFAULT_UNCERTAINTY:
             raise StoreError(
-                f"{self.path / MANIFEST}: feature_names do not follow the schema (the global "
-                "columns, then presence:<class> and class_bald:<class> for every class)"
+                f"{self.path / MANIFEST}: schema version {version} has no extra uncertainty "
+                f"columns, yet feature_names hold {', '.join(layout.uncertainty)}"
             )
         for split in SPLITS:
             if len(self.manifest["class_patches"][split]) != c:
@@ -258,6 +265,7 @@ class FeatureStore:
                         image_sizes=sizes,
                         grid=self.grid,
                         first_patch=first,
+                        uncertainty=self.layout.uncertainty,
                     )
                 except StoreError as exc:
                     problem = exc
@@ -284,12 +292,14 @@ class FeatureStore:
         segmenter: Mapping[str, Any] | None = None,
         files: Mapping[str, str | os.PathLike[str]] | None = None,
         overwrite: bool = False,
+        uncertainty: Sequence[str] = DEFAULT_UNCERTAINTY,
     ) -> FeatureStore:
         """Validate the arrays and write a store atomically; return it opened.
 
         Args:
             path: Directory to create.
-            features: ``[N, 3 + 2C]`` finite features in :class:`FeatureLayout` order.
+            features: ``[N, G + 2C]`` finite features in the order of
+                ``FeatureLayout.of(class_names, uncertainty)``.
             counts: ``[N, C]`` non-negative oracle pixel counts (zeros where unlabelled).
             patches: ``[N, 4]`` image index, grid row, grid col, split code (index in SPLITS).
             image_sizes: ``[I, 2]`` image heights and widths.
@@ -302,6 +312,8 @@ class FeatureStore:
             segmenter: Segmenter metadata, e.g. ``{"checkpoint": "segmenter.pt", "test_iou": []}``.
             files: Extra files to copy into the store, by name (e.g. the segmenter checkpoint).
             overwrite: Replace an existing store at ``path``.
+            uncertainty: The uncertainty metrics of the global columns (bald and entropy by
+                default; see :data:`~misical_gym.layout.UNCERTAINTY_COLUMNS`).
 
         Raises:
             StoreError: an array has the wrong shape or dtype, or features are NaN or infinite.
@@ -311,7 +323,8 @@ class FeatureStore:
         if len(set(class_names)) != len(class_names):
             raise StoreError("class_names must be unique")
         c = len(class_names)
-        feature_names = FeatureLayout.of(class_names).names
+        layout = FeatureLayout.of(class_names, uncertainty)
+        feature_names = layout.names
         arrays = {
             "features": np.asarray(features),
             "counts": np.asarray(counts),
@@ -330,12 +343,13 @@ class FeatureStore:
                 patches=arrays["patches"],
                 image_sizes=arrays["image_sizes"],
                 grid=grid,
+                uncertainty=layout.uncertainty,
             )
         except StoreError as exc:
             raise StoreError(f"{exc}; refusing to write {path}") from None
         overwrite = check_destination(path, overwrite)
         manifest: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": _schema_version(layout),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "name": path.name,
             "dataset": dict(dataset),
@@ -415,11 +429,12 @@ class FeatureStore:
             image_sizes=new["image_sizes"],
             labelled=new["labelled"],
             grid=self.grid,
+            uncertainty=self.layout.uncertainty,
         )
         old_files = {meta["file"] for meta in self.manifest["arrays"].values()}
         manifest = {
             **self.manifest,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": _schema_version(self.layout),
             "num_patches": int(n),
             "image_ids": [str(i) for i in ids],
             "class_patches": _class_patches(new["counts"], new["patches"]),
@@ -484,8 +499,8 @@ class FeatureStore:
 
     @cached_property
     def layout(self) -> FeatureLayout:
-        """Where each feature column is."""
-        return FeatureLayout.of(self.class_names)
+        """Where each feature column is, read from ``feature_names``."""
+        return FeatureLayout.from_names(self.feature_names, self.class_names)
 
     @property
     def dataset(self) -> dict[str, Any]:
@@ -609,6 +624,7 @@ def check_values(
     grid: PatchGrid,
     labelled: np.ndarray | None = None,
     first_patch: int = 0,
+    uncertainty: Sequence[str] = DEFAULT_UNCERTAINTY,
 ) -> None:
     """Raise a :class:`StoreError` unless the arrays hold values a store may hold.
 
@@ -624,10 +640,11 @@ def check_values(
         grid: The patch grid.
         labelled: The same rows of the label state (None: all labelled).
         first_patch: Index of the first row, for messages about a block.
+        uncertainty: The store's uncertainty metrics (they set the global columns' bounds).
     """
     if features.shape[0] == 0:
         raise StoreError("a store needs at least one patch")
-    bounds = FeatureLayout.positional(counts.shape[1]).upper_bounds()
+    bounds = FeatureLayout.positional(counts.shape[1], uncertainty).upper_bounds()
     # Column-wise min and max carry NaN along, and every comparison with NaN is False.
     low, high = features.min(axis=0), features.max(axis=0)
     bad_columns = np.flatnonzero(~((low >= 0) & (high <= bounds)))
@@ -767,6 +784,12 @@ def check_destination(path: Path, overwrite: bool) -> bool:
             "deleted. Choose another directory."
         )
     return True
+
+
+def _schema_version(layout: FeatureLayout) -> int:
+    """The version a store of ``layout`` is written as: 2 unless it has extra uncertainty
+    columns, so stores of the default columns stay readable by earlier releases."""
+    return SCHEMA_VERSION if layout.uncertainty != DEFAULT_UNCERTAINTY else 2
 
 
 def _check_manifest(manifest: dict[str, Any], path: Path) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from misical_gym.data.patches import PatchGrid
+from misical_gym.layout import DEFAULT_UNCERTAINTY, FeatureLayout
 from misical_gym.store import SPLITS, FeatureStore
 
 DEFAULT_CLASS_NAMES: tuple[str, ...] = tuple(f"class{i}" for i in range(8))
@@ -25,6 +26,7 @@ def write_random_store(
     seed: int = 0,
     unlabelled_pool: float = 0.0,
     overwrite: bool = False,
+    uncertainty: Sequence[str] = DEFAULT_UNCERTAINTY,
 ) -> FeatureStore:
     """Write a store of random but self-consistent features and counts, and open it.
 
@@ -32,7 +34,9 @@ def write_random_store(
     so a policy that reads them does better than random. With ``num_images=10_000`` and the 171
     COCO-Stuff classes it has COCO-Stuff 10k's shape (160,000 patches). ``unlabelled_pool`` is
     the share of pool images whose counts are unknown (drawn after everything else, so the
-    labelled patches are the same as without it).
+    labelled patches are the same as without it). ``uncertainty`` adds the extra metrics'
+    columns (:data:`~misical_gym.layout.UNCERTAINTY_COLUMNS`), uniform within their bounds and
+    drawn last, so every other value is a default store's.
     """
     grid = grid or PatchGrid(4, 4)
     rng = np.random.default_rng(seed)
@@ -67,6 +71,9 @@ def write_random_store(
     unknown_image = pool & (rng.random(num_images) < unlabelled_pool)
     labelled = ~unknown_image[image_index]
     counts[~labelled] = 0  # unknown counts are stored as zeros
+    layout = FeatureLayout.of(class_names, uncertainty)
+    extra = rng.uniform(0, layout.upper_bounds()[3 : layout.num_global], (n, layout.num_global - 3))
+    features = np.concatenate([features[:, :3], extra.astype(np.float32), features[:, 3:]], 1)
     return FeatureStore.write(
         path,
         features=features,
@@ -80,4 +87,5 @@ def write_random_store(
         dataset={"kind": "random", "seed": seed},
         config={"generator": "write_random_store", "seed": seed},
         overwrite=overwrite,
+        uncertainty=layout.uncertainty,
     )

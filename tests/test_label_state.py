@@ -63,7 +63,7 @@ def test_unlabelled_patches_must_count_nothing(mixed, tmp_path) -> None:
     [
         (lambda m: m["arrays"].pop("labelled"), "describing"),
         (lambda m: m["arrays"]["labelled"].update(shape=[1, 2]), "1-D shape"),
-        (lambda m: m.update(schema_version=3), "schema version 3"),
+        (lambda m: m.update(schema_version=4), "schema version 4"),
         (lambda m: m["arrays"]["labelled"].update(file="counts.npy"), "different file"),
     ],
 )

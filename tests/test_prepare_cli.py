@@ -203,6 +203,37 @@ def test_existing_store_is_not_overwritten_silently(tiny_synthetic, capsys) -> N
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_extra_uncertainty_columns_leave_the_default_ones_as_they_were(tmp_path) -> None:
+    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3)
+    default = prepare_synthetic(tmp_path / "s", images=24, config=config, progress=False)
+    assert default.manifest["schema_version"] == 2
+    assert "uncertainty" not in default.manifest["config"]["prepare"]
+    extra = ("prob_std", "margin", "variation_ratio", "least_confidence")
+    more = prepare_synthetic(
+        tmp_path / "m", images=24, config=config.replace(uncertainty=extra), progress=False
+    )
+    layout = more.layout
+    assert more.manifest["schema_version"] == 3
+    # Any order in, column order out.
+    assert layout.uncertainty == (
+        "bald",
+        "entropy",
+        "margin",
+        "least_confidence",
+        "variation_ratio",
+        "prob_std",
+    )
+    assert more.feature_names[:5] == (*default.feature_names[:3], "margin_mean", "margin_min")
+    g = layout.num_global
+    # The same seeded dropout masks: every default column is bit-identical.
+    np.testing.assert_array_equal(np.asarray(more.features)[:, :3], default.features[:, :3])
+    np.testing.assert_array_equal(np.asarray(more.features)[:, g:], default.features[:, 3:])
+    assert np.ptp(np.asarray(more.features)[:, 3:g], axis=0).min() > 0  # every new column varies
+    env = gym.make("MiSiCAL-Store", root=str(more.path), pool_size=4)
+    assert env.unwrapped.feature_names[:g] == layout.global_features
+    assert env.observation_space.contains(env.reset(seed=0)[0])
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -210,6 +241,7 @@ def test_existing_store_is_not_overwritten_silently(tiny_synthetic, capsys) -> N
         (["prepare", "synthetic", "--mc-samples", "0"], "mc-samples"),
         (["prepare", "synthetic", "--init-fraction", "1.5"], "init_fraction"),
         (["prepare", "synthetic", "--threads", "0"], "threads"),
+        (["prepare", "synthetic", "--uncertainty", "bald,mutual"], "unknown uncertainty metric"),
         (["prepare", "coco10k", "--root", "/nonexistent/cocostuff"], "/nonexistent/cocostuff"),
         (["inspect", "/nonexistent/store"], "misical prepare"),
     ],

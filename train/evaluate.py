@@ -25,13 +25,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from misical_gym.atomic import atomic_write_text
 from misical_gym.train.executors import check_executor, import_ray, map_jobs
 from misical_gym.train.jobs import Job, longest_first, policy_agent, run_job
 from misical_gym.train.report import write_outputs
 from misical_gym.train.statistics import summarize
+
+if TYPE_CHECKING:
+    from misical_gym.store import FeatureStore
 
 DEFAULT_POLICIES = ("ddqn", "dqn", "random", "bald", "entropy", "presence", "supervised")
 
@@ -73,11 +76,7 @@ def evaluate(
     """
     from misical_gym.store import FeatureStore
 
-    check_executor(workers, use_ray)
-    if ray_address is not None and not use_ray:
-        raise ValueError("--ray-address needs --ray")
-    if use_ray:
-        import_ray()  # fail before any work when the extra is missing
+    check_run_settings(workers, use_ray, ray_address, budget, seeds)
     store = FeatureStore.open(store_path)
     for policy in policies:
         policy_agent(policy)  # a clear error for an unknown name before any work
@@ -87,15 +86,8 @@ def evaluate(
 
     if select_mode not in MODES:
         raise ValueError(f"unknown select mode {select_mode!r}; choose one of {', '.join(MODES)}")
-    if budget < 1 or seeds < 1:
-        raise ValueError("--budget and --seeds must be positive")
     if retrain:
-        from misical_gym.segmenter.retrain import DEFAULT_RETRAIN_EPOCHS, check_retrainable
-
-        retrain_epochs = DEFAULT_RETRAIN_EPOCHS if retrain_epochs is None else retrain_epochs
-        if retrain_epochs < 0:
-            raise ValueError(f"--retrain-epochs must be non-negative, got {retrain_epochs}")
-        check_retrainable(store)  # a clear error before any work
+        retrain_epochs = retraining_epochs(store, retrain_epochs)
         retrain_policies = policies if retrain_policies is None else tuple(retrain_policies)
         unknown = sorted(set(retrain_policies) - set(policies))
         if unknown:
@@ -106,15 +98,8 @@ def evaluate(
         raise ValueError("--retrain-epochs and --retrain-policies need --retrain")
     else:
         retrain_policies = ()
-    if targets == "all":
-        names = [
-            n for n, k in zip(store.class_names, store.class_patches("pool"), strict=True) if k
-        ]
-    else:
-        names = [store.class_names[store.class_index(t)] for t in targets]
+    names = target_names(store, targets)
     out = Path(out)
-    jobs_dir = out / "jobs"
-    jobs_dir.mkdir(parents=True, exist_ok=True)
     jobs = [
         Job(
             store=str(store.path.resolve()),
@@ -136,19 +121,9 @@ def evaluate(
         for policy in policies
         for seed in range(seeds)
     ]
-    finished = {job: _finished_row(jobs_dir, job) for job in jobs}
-    rows = {job: row for job, row in finished.items() if row is not None}
-    todo = longest_first([job for job, row in finished.items() if row is None])
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(todo), desc="evaluate", unit="job") as bar:
-        for job, row in map_jobs(
-            run_job, todo, workers=workers, use_ray=use_ray, ray_address=ray_address
-        ):
-            record = {"digest": job.digest, "row": row}
-            atomic_write_text(jobs_dir / job.file_name, json.dumps(record))
-            rows[job] = row
-            bar.update()
+    rows = run_missing_jobs(
+        jobs, out / "jobs", workers=workers, use_ray=use_ray, ray_address=ray_address
+    )
     # Sorted as text by target, policy and seed: the row order the results files have had.
     table = [rows[job] for job in sorted(jobs, key=_row_order)]
     summary = summarize(table, policies, names, store.rare_classes, store.class_names)
@@ -161,6 +136,67 @@ def evaluate(
         summary["retrain_epochs"] = retrain_epochs
     write_outputs(out, table, summary)
     return summary
+
+
+def check_run_settings(
+    workers: int, use_ray: bool, ray_address: str | None, budget: int, seeds: int
+) -> None:
+    """Raise ValueError (or MissingDependencyError for Ray) before any work unless the
+    executor, ``budget`` and ``seeds`` are valid: the checks of evaluate and sweep."""
+    check_executor(workers, use_ray)
+    if ray_address is not None and not use_ray:
+        raise ValueError("--ray-address needs --ray")
+    if use_ray:
+        import_ray()  # fail before any work when the extra is missing
+    if budget < 1 or seeds < 1:
+        raise ValueError("--budget and --seeds must be positive")
+
+
+def retraining_epochs(store: FeatureStore, epochs: int | None) -> int:
+    """``--retrain-epochs`` (None: the default), checked, with the store checked retrainable:
+    a clear error before any work."""
+    from misical_gym.segmenter.retrain import DEFAULT_RETRAIN_EPOCHS, check_retrainable
+
+    epochs = DEFAULT_RETRAIN_EPOCHS if epochs is None else epochs
+    if epochs < 0:
+        raise ValueError(f"--retrain-epochs must be non-negative, got {epochs}")
+    check_retrainable(store)
+    return epochs
+
+
+def target_names(store: FeatureStore, targets: str | list[str]) -> list[str]:
+    """``--targets``: ``"all"`` (every class in the pool) or names, as the store spells them."""
+    if targets == "all":
+        return [n for n, k in zip(store.class_names, store.class_patches("pool"), strict=True) if k]
+    return [store.class_names[store.class_index(t)] for t in targets]
+
+
+def run_missing_jobs(
+    jobs: list[Job],
+    jobs_dir: Path,
+    *,
+    workers: int = 1,
+    use_ray: bool = False,
+    ray_address: str | None = None,
+    desc: str = "evaluate",
+) -> dict[Job, dict[str, Any]]:
+    """Every job's row: from its job file in ``jobs_dir`` when one answers it, else run now
+    (on the executor asked for) and written there atomically as soon as it ends."""
+    from tqdm.auto import tqdm
+
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    finished = {job: _finished_row(jobs_dir, job) for job in jobs}
+    rows = {job: row for job, row in finished.items() if row is not None}
+    todo = longest_first([job for job, row in finished.items() if row is None])
+    with tqdm(total=len(todo), desc=desc, unit="job") as bar:
+        for job, row in map_jobs(
+            run_job, todo, workers=workers, use_ray=use_ray, ray_address=ray_address
+        ):
+            record = {"digest": job.digest, "row": row}
+            atomic_write_text(jobs_dir / job.file_name, json.dumps(record))
+            rows[job] = row
+            bar.update()
+    return rows
 
 
 def _row_order(job: Job) -> str:
@@ -182,13 +218,38 @@ def _finished_row(jobs_dir: Path, job: Job) -> dict[str, Any] | None:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--targets", default="all", help="all, or comma-separated class names")
+    add_job_arguments(parser)
     parser.add_argument(
         "--policies",
         default=",".join(DEFAULT_POLICIES),
         help="comma-separated agents; <agent>-goal is one goal-conditioned policy (ddqn-goal)",
     )
+    parser.add_argument(
+        "--retrain-policies",
+        default=None,
+        metavar="P1,P2",
+        help="with --retrain: retrain only after these policies' picks (default: all; "
+        "must include random)",
+    )
+    parser.add_argument(
+        "--select-mode",
+        default="episode",
+        choices=["episode", "rank"],
+        help="how every policy selects: episode (default: the paper's protocol, best of "
+        "--pool-size candidates per pick) or rank (the best --budget of the whole pool)",
+    )
+
+
+def add_job_arguments(
+    parser: argparse.ArgumentParser,
+    retrain_help: str = "also fine-tune the segmenter on init plus each job's picks (labelled "
+    "inside the picked patches only) and record the target's test IoU (needs the store's images)",
+) -> None:
+    """The flags of ``misical evaluate`` that ``misical sweep`` takes too: the store, the
+    targets, the jobs' settings, the executor, retraining (``retrain_help`` says what it
+    retrains after) and ``--out``."""
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--targets", default="all", help="all, or comma-separated class names")
     parser.add_argument("--budget", type=int, default=100, help="patches per selection (100)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--pool-size", type=int, default=32)
@@ -212,8 +273,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retrain",
         action="store_true",
-        help="also fine-tune the segmenter on init plus each job's picks (labelled inside the "
-        "picked patches only) and record the target's test IoU (needs the store's images)",
+        help=retrain_help,
     )
     parser.add_argument(
         "--retrain-epochs",
@@ -221,20 +281,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="with --retrain: fine-tuning epochs (32)",
-    )
-    parser.add_argument(
-        "--retrain-policies",
-        default=None,
-        metavar="P1,P2",
-        help="with --retrain: retrain only after these policies' picks (default: all; "
-        "must include random)",
-    )
-    parser.add_argument(
-        "--select-mode",
-        default="episode",
-        choices=["episode", "rank"],
-        help="how every policy selects: episode (default: the paper's protocol, best of "
-        "--pool-size candidates per pick) or rank (the best --budget of the whole pool)",
     )
     parser.add_argument("--out", type=Path, required=True)
 

@@ -71,6 +71,28 @@ class Job:
     select_mode: str = "episode"
     """How the policy selects: ``episode`` (the paper's protocol) or ``rank`` (the best B of
     the whole pool); see :func:`~misical_gym.train.select.select_patches`."""
+    hyperparams: str = ""
+    """JSON object of hyperparameters set over the agent's packaged ones (``misical sweep``'s
+    grid point); empty: none."""
+    env_kwargs: str = ""
+    """JSON object of environment arguments (``misical sweep --env-grid``: the reward scheme,
+    ``features``...), used in training, in selection (``features``) and for the row's
+    ``reward``; empty: the defaults."""
+
+    @classmethod
+    def encode(cls, settings: dict[str, Any]) -> str:
+        """``settings`` as a :attr:`hyperparams` or :attr:`env_kwargs` value (canonical JSON)."""
+        return json.dumps(settings, sort_keys=True) if settings else ""
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """:attr:`hyperparams` decoded."""
+        return json.loads(self.hyperparams) if self.hyperparams else {}
+
+    @property
+    def env_settings(self) -> dict[str, Any]:
+        """:attr:`env_kwargs` decoded."""
+        return json.loads(self.env_kwargs) if self.env_kwargs else {}
 
     @property
     def agent(self) -> str:
@@ -94,7 +116,12 @@ class Job:
             "pretrain_steps": self.pretrain_steps,
             "online_steps": self.online_steps,
             "pool_size": self.pool_size,
-            "hyperparams": load_hyperparams(self.agent, "MiSiCAL-Store", None),
+            "hyperparams": {
+                **load_hyperparams(self.agent, "MiSiCAL-Store", None),
+                **self.overrides,
+            },
+            # Only when set: the training digests of the evaluations before sweeps stay.
+            **({"env_kwargs": self.env_settings} if self.env_kwargs else {}),
         }
 
     @property
@@ -106,6 +133,9 @@ class Job:
             del fields[name]
         if self.select_mode == "episode":
             del fields["select_mode"]  # the jobs of before rank mode keep their digests
+        for name in ("hyperparams", "env_kwargs"):  # nor those of before sweeps
+            if not fields[name]:
+                del fields[name]
         if self.learned:
             fields["training"] = self.training()
         return _digest({"format": JOB_FORMAT, **fields})
@@ -125,8 +155,12 @@ class Job:
 
     @property
     def file_name(self) -> str:
-        """The job file's name: the class index keeps sanitised names apart (``a b``, ``a_b``)."""
-        return f"{self.target_id:03d}-{safe_name(self.target)}__{self.policy}__{self.seed}.json"
+        """The job file's name: the class index keeps sanitised names apart (``a b``, ``a_b``),
+        and the digest the points of a sweep."""
+        point = f"__{self.digest}" if self.hyperparams or self.env_kwargs else ""
+        return (
+            f"{self.target_id:03d}-{safe_name(self.target)}__{self.policy}__{self.seed}{point}.json"
+        )
 
 
 def _digest(value: Any) -> str:
@@ -173,12 +207,17 @@ def trained_policy(job: Job) -> CandidatePolicy:
     cache = Path(job.cache) / _digest(training)
     with _training_lock(cache):
         runs = list(cache.glob(f"*/*/{job.agent}_{job.seed}/summary.json"))
+        env = job.env_settings
         if runs:
-            return load_policy(str(runs[0].parent), pool_env(job.store, job.target, 1, 1))
+            features = env.get("features", "all")
+            return load_policy(
+                str(runs[0].parent), pool_env(job.store, job.target, 1, 1, features=features)
+            )
         return run_training(
             job.agent,
             "MiSiCAL-Store",
-            env_kwargs={"root": job.store, "pool_size": job.pool_size},
+            env_kwargs={**env, "root": job.store, "pool_size": job.pool_size},
+            hyperparams=job.overrides,
             target=training["target"],
             pretrain_steps=job.pretrain_steps,
             online_steps=job.online_steps,
@@ -196,6 +235,7 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train if needed, select ``budget`` patches, and score the picks with the oracle counts."""
     import torch
 
+    from misical_gym.envs.core import DEFAULT_REWARD_BINS, DEFAULT_REWARD_VALUES, RewardFunction
     from misical_gym.errors import StoreError
     from misical_gym.store import FeatureStore
     from misical_gym.train.select import select_patches
@@ -203,6 +243,7 @@ def run_job(job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     policy: str | CandidatePolicy = trained_policy(job) if job.learned else job.policy
     rank = job.select_mode == "rank"
+    env = job.env_settings
     selection = select_patches(
         job.store,
         policy,
@@ -213,6 +254,7 @@ def run_job(job: Job) -> dict[str, Any]:
         mode=job.select_mode,
         # The evaluation scores picks with their oracle counts: only labelled patches qualify.
         include_labelled=rank,
+        features=env.get("features", "all"),
     )
     store = FeatureStore.open(job.store)
     ids = np.array([p["patch_id"] for p in selection["picks"]], dtype=np.int64)
@@ -223,6 +265,12 @@ def run_job(job: Job) -> dict[str, Any]:
             "an evaluation scores picks by their oracle counts, so it needs a labelled pool"
         )
     counts = np.asarray(store.counts[ids, selection["target_id"]], dtype=np.int64)
+    # The picks' reward under the job's scheme: what a greedy episode of the point earns.
+    reward_fn = RewardFunction(
+        env.get("reward", "categorical"),
+        env.get("reward_bins", DEFAULT_REWARD_BINS),
+        env.get("reward_values", DEFAULT_REWARD_VALUES),
+    )
     iou = None
     if job.retrain:
         from misical_gym.segmenter.retrain import retrain_iou
@@ -239,6 +287,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "seed": job.seed,
         "target_pixels": int(counts.sum()),
         "hit_rate": float((counts > 0).mean()) if counts.size else 0.0,
+        "reward": float(reward_fn(counts, store.areas[ids]).sum()),
         "iou": iou,
         "retrain_epochs": job.retrain_epochs if job.retrain else None,
         "curve": np.cumsum(counts).tolist(),

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +96,38 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
     return config, run_dir / safe_name(str(model_name))
 
 
+def trained_features(policy: str) -> str | list[str]:
+    """The ``features=`` the run that ``policy`` names (a run directory or a model file in one)
+    was trained with; ``all`` for heuristics, model files outside a run and earlier runs.
+
+    Raises:
+        ValueError: the run's config is damaged, or its ``features`` is neither a name nor a
+            list of names.
+    """
+    path = Path(policy)
+    run_dir = path if path.is_dir() else path.parent
+    if policy in HEURISTIC_AGENTS or not (run_dir / "config.yaml").is_file():
+        return "all"
+    config, _ = read_run(run_dir)
+    env_kwargs = config.get("env_kwargs") or {}
+    features = env_kwargs.get("features", "all") if isinstance(env_kwargs, dict) else None
+    if isinstance(features, str) or (
+        isinstance(features, list) and all(isinstance(f, str) for f in features)
+    ):
+        return features
+    raise ValueError(f"{run_dir / 'config.yaml'}: env_kwargs.features is {features!r:.80}")
+
+
 def pool_env(
     store: str | os.PathLike[str],
     target: str | int,
     budget: int,
     pool_size: int,
     target_onehot: bool = False,
+    features: str | Sequence[str] = "all",
 ) -> gym.Env:
-    """The env selection plays in: the store's pool split, one target."""
+    """The env selection plays in: the store's pool split, one target, the policy's
+    observation columns (``features``, as it was trained)."""
     import misical_gym  # noqa: F401  (registers the ids)
 
     return gym.make(
@@ -113,6 +138,7 @@ def pool_env(
         pool_size=pool_size,
         target_class=target,
         target_onehot=target_onehot,
+        features=features,
     )
 
 
@@ -129,6 +155,7 @@ def select_patches(
     max_per_image: int | None = None,
     exclude: np.ndarray | None = None,
     include_labelled: bool = False,
+    features: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Pick ``budget`` pool patches; returns the picks with their image ids, boxes and scores.
 
@@ -145,6 +172,8 @@ def select_patches(
         max_per_image: Rank only: at most this many patches of one image.
         exclude: Rank only: store ids never to pick (:func:`read_picks` of earlier picks).
         include_labelled: Rank only: rank labelled patches too (unlabelled ones always are).
+        features: The observation columns the policy was trained on (the env's ``features``);
+            None: those of the run ``policy`` names (:func:`trained_features`), else ``all``.
 
     Raises:
         ValueError: an unknown mode, a rank-only option in episode mode, or nothing to rank.
@@ -158,13 +187,15 @@ def select_patches(
         )
     if max_per_image is not None and max_per_image < 1:
         raise ValueError(f"--max-per-image must be positive, got {max_per_image}")
-    env = pool_env(store, target, budget, pool_size)
+    if features is None:
+        features = trained_features(policy) if isinstance(policy, str) else "all"
+    env = pool_env(store, target, budget, pool_size, features=features)
     model = load_policy(policy, env, device, seed) if isinstance(policy, str) else policy
     base = unwrap_misical(env)
     if model.candidate_shape[1] == base.candidate_shape[1] + base.store.num_classes:
         # A goal-conditioned policy (trained on target_class="random") reads the target as a
         # one-hot in every candidate's row.
-        env = pool_env(store, target, budget, pool_size, target_onehot=True)
+        env = pool_env(store, target, budget, pool_size, target_onehot=True, features=features)
     base = unwrap_misical(env)
     s = base.store
     if mode == "episode":

@@ -8,11 +8,14 @@ import torch
 
 from misical_gym.data.patches import PatchGrid
 from misical_gym.features import (
+    EXTRA_METRICS,
     enable_mc_dropout,
     mc_patch_features,
+    mc_pixel_maps,
     mc_pixel_statistics,
     patch_class_counts,
 )
+from misical_gym.layout import UNCERTAINTY_COLUMNS, FeatureLayout
 from misical_gym.segmenter import SmallUNet
 
 torch.set_num_threads(1)
@@ -134,3 +137,67 @@ def test_stride_runs_the_head_on_pooled_features(model_and_images) -> None:
     torch.testing.assert_close(mean_p, expected)
     feats = mc_patch_features(model, x, PatchGrid(3, 4), 4, stride=2)
     assert feats.shape == (2, 12, 13)
+
+
+def numpy_extra_metrics(p: np.ndarray) -> dict[str, np.ndarray]:
+    """Each extra metric per pixel, straight from the stored samples ``[T, B, C, H, W]``."""
+    mean = p.mean(0)
+    top = np.sort(mean, axis=1)[:, ::-1]
+    votes = np.stack([(p.argmax(2) == c).sum(0) for c in range(p.shape[2])], 1)
+    return {
+        "margin": top[:, 0] - top[:, 1],
+        "least_confidence": 1 - mean.max(1),
+        "variation_ratio": 1 - votes.max(1) / p.shape[0],
+        "prob_std": p.std(0).mean(1),
+    }
+
+
+@pytest.mark.parametrize("metric", EXTRA_METRICS)
+def test_extra_metrics_match_numpy(model_and_images, metric) -> None:
+    model, x = model_and_images
+    with torch.no_grad():
+        # Without its bias the untrained head's argmax follows the dropout mask, so the samples
+        # disagree on the class and the variation ratio is not 0 everywhere.
+        model.classifier.bias.zero_()
+    samples = 9
+    p = stored_samples(model, x, samples, seed=4)
+    torch.manual_seed(4)
+    maps = mc_pixel_maps(model, x, samples, extra=(metric,))
+    assert set(maps.extra) == {metric}
+    expected = numpy_extra_metrics(p)[metric]
+    np.testing.assert_allclose(maps.extra[metric].numpy(), expected, atol=1e-5)
+    assert np.ptp(expected) > 1e-3  # the metric varies over pixels: a constant would pass too
+
+
+def test_extra_metrics_leave_the_default_columns_and_pool_mean_and_extreme(
+    model_and_images,
+) -> None:
+    model, x = model_and_images
+    grid = PatchGrid(3, 4)
+    torch.manual_seed(2)
+    default = mc_patch_features(model, x, grid, 6)
+    torch.manual_seed(2)
+    every = mc_patch_features(model, x, grid, 6, uncertainty=UNCERTAINTY_COLUMNS)
+    layout = FeatureLayout.positional(5, tuple(UNCERTAINTY_COLUMNS))
+    assert every.shape == (2, 12, layout.num_columns)
+    g = layout.num_global
+    # The same dropout masks: the default columns are bit-identical with the extra ones added.
+    np.testing.assert_array_equal(every[..., :3], default[..., :3])
+    np.testing.assert_array_equal(every[..., g:], default[..., 3:])
+    torch.manual_seed(2)
+    maps = mc_pixel_maps(model, x, 6, extra=EXTRA_METRICS).extra
+    ys, xs = grid.edges(12, 16)
+    window = (slice(None), slice(ys[1], ys[2]), slice(xs[2], xs[3]))  # patch (1, 2)
+    for metric in EXTRA_METRICS:
+        mean_col, extreme_col = (layout.names.index(c) for c in UNCERTAINTY_COLUMNS[metric])
+        pixels = maps[metric][window].numpy()
+        extreme = pixels.min((-2, -1)) if metric == "margin" else pixels.max((-2, -1))
+        np.testing.assert_allclose(every[:, 6, mean_col], pixels.mean((-2, -1)), atol=1e-6)
+        np.testing.assert_allclose(every[:, 6, extreme_col], extreme, atol=1e-6)
+    assert (every >= 0).all() and (every <= layout.upper_bounds()).all()
+
+
+def test_unknown_metric_is_refused(model_and_images) -> None:
+    model, x = model_and_images
+    with pytest.raises(ValueError, match="unknown metric"):
+        mc_pixel_maps(model, x, 2, extra=("mutual_info",))

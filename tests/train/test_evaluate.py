@@ -18,20 +18,6 @@ KW = {"targets": ["class3", "class5"], "budget": 12, "seeds": 2, "pool_size": 8}
 LEARNED = {**KW, "targets": ["class3"], "seeds": 1, "pretrain_steps": 60, "online_steps": 20}
 
 
-@pytest.fixture()
-def jobs_run(monkeypatch) -> list[dict]:
-    """The jobs ``evaluate`` runs from now on (in this process), in order."""
-    jobs: list[dict] = []
-    real = evaluate_module.run_job
-
-    def recording(job):
-        jobs.append(job)
-        return real(job)
-
-    monkeypatch.setattr(evaluate_module, "run_job", recording)
-    return jobs
-
-
 @pytest.fixture(scope="module")
 def evaluated(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
@@ -180,16 +166,6 @@ def test_importing_the_package_does_not_import_ray() -> None:
 
 
 # ---------------------------------------------------------------------------- --retrain
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A tiny prepared synthetic store: images the retraining can read again."""
-    from misical_gym.prepare import PrepareConfig, prepare_synthetic
-
-    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, threads=1)
-    out = tmp_path_factory.mktemp("prepared") / "synthetic"
-    return prepare_synthetic(out, images=24, config=config, progress=False)
-
-
 def test_masked_label_keeps_labels_inside_the_acquired_boxes_only(prepared) -> None:
     import numpy as np
 
