@@ -101,14 +101,15 @@ def pool_env(
     budget: int,
     pool_size: int,
     target_onehot: bool = False,
+    split: str = "pool",
 ) -> gym.Env:
-    """The env selection plays in: the store's pool split, one target."""
+    """The env selection plays in: the store's ``split`` (the pool), one target."""
     import misical_gym  # noqa: F401  (registers the ids)
 
     return gym.make(
         "MiSiCAL-Store",
         root=str(store),
-        split="pool",
+        split=split,
         budget=budget,
         pool_size=pool_size,
         target_class=target,
@@ -158,13 +159,16 @@ def select_patches(
         )
     if max_per_image is not None and max_per_image < 1:
         raise ValueError(f"--max-per-image must be positive, got {max_per_image}")
-    env = pool_env(store, target, budget, pool_size)
+    # Rank mode only builds rows and reads no reward, and a pool still to be annotated may hold
+    # no labelled patch, which a pool env refuses: its env is made over init, always labelled.
+    split = "pool" if mode == "episode" else "init"
+    env = pool_env(store, target, budget, pool_size, split=split)
     model = load_policy(policy, env, device, seed) if isinstance(policy, str) else policy
     base = unwrap_misical(env)
     if model.candidate_shape[1] == base.candidate_shape[1] + base.store.num_classes:
         # A goal-conditioned policy (trained on target_class="random") reads the target as a
         # one-hot in every candidate's row.
-        env = pool_env(store, target, budget, pool_size, target_onehot=True)
+        env = pool_env(store, target, budget, pool_size, target_onehot=True, split=split)
     base = unwrap_misical(env)
     s = base.store
     if mode == "episode":
