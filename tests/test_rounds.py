@@ -127,9 +127,15 @@ def test_hide_pool_labels_plays_a_labelled_store_as_unlabelled(
     """A store whose pool is labelled: the copies forget it, the masks bring it back."""
     out = tmp_path / "out"
     labels = pool_data / "data" / "labels"
-    argv = rounds(prepared, labels, out, "--agent", "presence", "--hide-pool-labels")
+    argv = rounds(prepared, labels, out, "--hide-pool-labels", "--pretrain-steps", "40")
+    argv += ["--online-steps", "20"]
     argv += ["--annotations", str(answers)]
     assert main(argv) == 0
+    # Trained with no labelled pool patch to evaluate on: evaluated on init.
+    summary = json.loads(
+        (out / "runs" / "MiSiCAL-Store" / "car" / "ddqn_0" / "summary.json").read_text()
+    )
+    assert summary["eval_split"] == "init"
     source = FeatureStore.open(prepared)
     store = FeatureStore.open(out / "policy" / "store")
     flat = np.concatenate([picked(out, r, "policy") for r in (1, 2, 3)])
