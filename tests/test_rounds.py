@@ -149,6 +149,15 @@ def test_hide_pool_labels_plays_a_labelled_store_as_unlabelled(
     )
 
 
+def test_rounds_stop_when_the_pool_runs_out(prepared, answers, tmp_path, capsys) -> None:  # noqa: F811
+    out = tmp_path / "out"
+    argv = rounds(prepared, answers, out, "--agent", "presence", "--budget", "20", n=4)
+    assert main(argv) == 0
+    records = json.loads((out / "rounds.json").read_text())
+    assert [r["policy"]["picks"] for r in records] == [20, 20, 8]  # 48 unlabelled patches
+    assert "no unlabelled pool patch is left to pick after round 3" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

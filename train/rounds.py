@@ -177,6 +177,14 @@ def _play_rounds(
     for r in range(1, rounds + 1):
         folder = out / f"round_{r}"
         done = folder / "result.json"
+        started = done.is_file() or any((folder / f"{a}_picks.json").is_file() for a in ARMS)
+        if not started and not _picks_left(stores, r, out):
+            print(
+                f"misical rounds: no unlabelled pool patch is left to pick after round {r - 1}; "
+                "stopping there",
+                file=sys.stderr,
+            )
+            break
         if config.learns and r > 1 and config.online_steps:
             update = out / "runs" / f"update_{r - 1}"
             policy = str(_updated(Path(policy), config, update, device, threads, progress))
@@ -207,9 +215,7 @@ def _play_round(
     """One arm's round: pick (unless its picks file exists), label the picks, count them."""
     picks = out / f"round_{r}" / f"{arm}_picks.json"
     if not picks.is_file():
-        store = FeatureStore.open(store_path)
-        earlier = [out / f"round_{k}" / f"{arm}_picks.json" for k in range(1, r)]
-        exclude = np.concatenate([read_picks(p, store) for p in earlier]) if earlier else None
+        exclude = _earlier_picks(FeatureStore.open(store_path), arm, r, out)
         selection = select_patches(
             store_path,
             ranker,
@@ -220,7 +226,7 @@ def _play_round(
             device=device,
             mode="rank",
             max_per_image=config.max_per_image,
-            exclude=exclude,
+            exclude=exclude if exclude.size else None,
         )
         atomic_write_text(picks, render(selection, "json"))
     store = FeatureStore.open(store_path)
@@ -238,6 +244,22 @@ def _play_round(
         "hits": int((pixels > 0).sum()),
         "labelled_pool_patches": int(store.split_ids("pool", labelled=True).size),
     }
+
+
+def _earlier_picks(store: FeatureStore, arm: str, r: int, out: Path) -> np.ndarray:
+    """The patch ids an arm picked before round ``r``."""
+    earlier = [read_picks(out / f"round_{k}" / f"{arm}_picks.json", store) for k in range(1, r)]
+    return np.concatenate(earlier) if earlier else np.zeros(0, dtype=np.int64)
+
+
+def _picks_left(stores: dict[str, Path], r: int, out: Path) -> bool:
+    """Whether every arm's pool holds an unlabelled patch that no earlier round picked."""
+    for arm, path in stores.items():
+        store = FeatureStore.open(path)
+        unlabelled = store.split_ids("pool", labelled=False)
+        if np.setdiff1d(unlabelled, _earlier_picks(store, arm, r, out)).size == 0:
+            return False
+    return True
 
 
 def _annotations(config: RoundsConfig, store: FeatureStore) -> list[Annotation]:
