@@ -1,7 +1,7 @@
 """The Label Studio round trip against a real Label Studio server (slow; skipped without one).
 
-Label Studio pins its own NumPy and Pillow, which fight ``constraints.txt``, so it is not an
-extra of this package: install it in a virtual environment of its own and point
+Label Studio's SDK needs Pillow >= 12.3, which fights ``constraints.txt`` (Pillow 11.3.0), so
+it is not an extra of this package: install it in a virtual environment of its own and point
 ``MISICAL_LABEL_STUDIO`` at its ``label-studio`` executable (else ``label-studio`` on PATH is
 used). The test talks to the server over HTTP on 127.0.0.1 only:
 
