@@ -193,6 +193,8 @@ def test_rounds_refuse_a_typo_a_labelled_pool_and_other_settings(
     assert "--hide-pool-labels" in capsys.readouterr().err
     out = tmp_path / "out"
     assert main(rounds(prepared, answers, out, "--agent", "presence", n=1)) == 0
+    # The target by index is the same setting as by name.
+    assert main(rounds(prepared, answers, out, "--agent", "presence", "--target", "2", n=1)) == 0
     capsys.readouterr()
     assert main(rounds(prepared, answers, out, "--agent", "bald", n=2)) == 2
     assert "other settings (agent differ)" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,8 @@ def run_rounds(
         ValueError: bad settings, or ``out`` holds rounds made with other settings.
     """
     source = check_config(config, rounds)
+    # By name: --target 9 and --target Pedestrian are the same rounds.
+    config = replace(config, target=source.class_names[source.class_index(config.target)])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {**_jsonable(config), "store_fingerprint": source.fingerprint}
@@ -153,9 +155,8 @@ def run_rounds(
     stores = {
         arm: _copy_store(source, out / arm / "store", config.hide_pool_labels) for arm in ARMS
     }
-    target = source.class_names[source.class_index(config.target)]
     with cpu_threads(threads):
-        records = _play_rounds(config, rounds, out, stores, target, device, threads, progress)
+        records = _play_rounds(config, rounds, out, stores, device, threads, progress)
     write_reports(out, config, records)
     return records
 
@@ -165,14 +166,13 @@ def _play_rounds(
     rounds: int,
     out: Path,
     stores: dict[str, Path],
-    target: str,
     device: str,
     threads: int | None,
     progress: bool,
 ) -> list[dict[str, Any]]:
     policy: str = config.agent
     if config.learns:
-        policy = str(_pretrained(config, stores["policy"], target, out, device, threads, progress))
+        policy = str(_pretrained(config, stores["policy"], out, device, threads, progress))
     records: list[dict[str, Any]] = []
     for r in range(1, rounds + 1):
         folder = out / f"round_{r}"
@@ -193,7 +193,7 @@ def _play_rounds(
             continue
         start = time.time()
         folder.mkdir(exist_ok=True)
-        record: dict[str, Any] = {"round": r, "target": target, "policy_source": policy}
+        record: dict[str, Any] = {"round": r, "target": config.target, "policy_source": policy}
         for arm, ranker in (("policy", policy), ("random", "random")):
             record[arm] = _play_round(config, arm, ranker, stores[arm], r, out, device)
         record["seconds"] = round(time.time() - start, 1)
@@ -273,7 +273,6 @@ def _annotations(config: RoundsConfig, store: FeatureStore) -> list[Annotation]:
 def _pretrained(
     config: RoundsConfig,
     store: Path,
-    target: str,
     out: Path,
     device: str,
     threads: int | None,
@@ -282,14 +281,14 @@ def _pretrained(
     """The learning agent trained on the policy copy's init (resumed or reused when there)."""
     logdir = out / "runs"
     # misical train's run folder layout (<logdir>/<env>/<target>/<agent>_<seed>).
-    run_dir = logdir / ENV_ID / target / f"{config.agent}_{config.seed}"
+    run_dir = logdir / ENV_ID / config.target / f"{config.agent}_{config.seed}"
     if (run_dir / "summary.json").is_file():
         return run_dir
     return run_training(
         config.agent,
         ENV_ID,
         env_kwargs={"root": str(store.resolve())},
-        target=target,
+        target=config.target,
         pretrain_steps=config.pretrain_steps,
         online_steps=0,
         seed=config.seed,
