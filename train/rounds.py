@@ -170,6 +170,7 @@ def _play_rounds(
     threads: int | None,
     progress: bool,
 ) -> list[dict[str, Any]]:
+    """Pretrain once; then per round: update the policy, pick, label and record each arm."""
     policy: str = config.agent
     if config.learns:
         policy = str(_pretrained(config, stores["policy"], out, device, threads, progress))
