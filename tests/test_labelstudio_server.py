@@ -156,6 +156,12 @@ def test_picks_round_trip_through_a_label_studio_server(prepared, pool_data, tmp
         tasks = listed["tasks"] if isinstance(listed, dict) else listed
         assert len(tasks) == len(exported)
         for task in tasks:
+            # The pre-drawn patches came in as the task's prediction, one rectangle per pick.
+            (prediction,) = server.call("GET", f"/api/tasks/{task['id']}/")["predictions"]
+            boxes = [r["value"] for r in prediction["result"]]
+            assert len(boxes) == len(task["data"]["patches"]) and all(
+                b["rectanglelabels"] == ["patch"] for b in boxes
+            )
             image = task["data"]["image_id"]
             label = truth(pool_data, image)
             classes = [int(c) for c in np.unique(label)]
