@@ -554,6 +554,33 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return sweep_main(args)
 
 
+# ---------------------------------------------------------------------------- rounds
+def _add_rounds(commands: Any) -> None:
+    from misical_gym.train.rounds import add_rounds_arguments
+
+    rounds = commands.add_parser(
+        "rounds",
+        help="R rounds of select, label and update, held-back labels as the annotator, "
+        "against random",
+        description="Simulate the annotation loop on a prepared store whose pool is unlabelled "
+        "(or --hide-pool-labels): each round ranks the pool with the policy (select --mode "
+        "rank), labels the picks from the held-back annotations (label --picks), and updates "
+        "the policy on the pool labelled so far (train --resume --online-steps); random runs the "
+        "same rounds in its own copy of the store. Reports the target pixels per round. The "
+        "store is copied into --out and never changed; run again to resume.",
+    )
+    add_rounds_arguments(rounds)
+    rounds.set_defaults(run=_run_rounds)
+
+
+def _run_rounds(args: argparse.Namespace) -> int:
+    from misical_gym.atomic import check_writable_dir
+    from misical_gym.train.rounds import main as rounds_main
+
+    check_writable_dir(args.out)
+    return rounds_main(args)
+
+
 # ---------------------------------------------------------------------------- demo
 def _add_demo(commands: Any) -> None:
     from misical_gym.train.demo import add_demo_arguments
@@ -587,6 +614,7 @@ _SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_select,
     _add_evaluate,
     _add_sweep,
+    _add_rounds,
 ]
 
 

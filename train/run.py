@@ -262,7 +262,9 @@ def run_training(
             )
         saved = model.save(run_dir / "model")
         model_path = Path(saved) if saved is not None else run_dir / "model.zip"
-        eval_env = make_misical_env(env_id, "pool", target, env_kwargs)
+        # A pool still to be annotated may hold no labelled patch to evaluate on: then init.
+        eval_split = "pool" if store.split_ids("pool", labelled=True).size else "init"
+        eval_env = make_misical_env(env_id, eval_split, target, env_kwargs)
         if agent == "oracle":
             model.set_env(eval_env)  # the oracle reads the candidates of the env it acts in
         evaluation = greedy_pool_statistics(model, eval_env, eval_episodes, seed=10_000 + seed)
@@ -272,7 +274,7 @@ def run_training(
         "target": config["target"],
         "seed": seed,
         "timesteps": sum(n for _, n in phases),
-        "eval_split": "pool",
+        "eval_split": eval_split,
         "eval_episodes": eval_episodes,
         "final_mean_reward": evaluation["mean_reward"],
         "target_pixels": evaluation["target_pixels"],

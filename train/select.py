@@ -125,15 +125,16 @@ def pool_env(
     pool_size: int,
     target_onehot: bool = False,
     features: str | Sequence[str] = "all",
+    split: str = "pool",
 ) -> gym.Env:
-    """The env selection plays in: the store's pool split, one target, the policy's
+    """The env selection plays in: the store's ``split`` (the pool), one target, the policy's
     observation columns (``features``, as it was trained)."""
     import misical_gym  # noqa: F401  (registers the ids)
 
     return gym.make(
         "MiSiCAL-Store",
         root=str(store),
-        split="pool",
+        split=split,
         budget=budget,
         pool_size=pool_size,
         target_class=target,
@@ -189,13 +190,18 @@ def select_patches(
         raise ValueError(f"--max-per-image must be positive, got {max_per_image}")
     if features is None:
         features = trained_features(policy) if isinstance(policy, str) else "all"
-    env = pool_env(store, target, budget, pool_size, features=features)
+    # Rank mode only builds rows and reads no reward, and a pool still to be annotated may hold
+    # no labelled patch, which a pool env refuses: its env is made over init, always labelled.
+    split = "pool" if mode == "episode" else "init"
+    env = pool_env(store, target, budget, pool_size, features=features, split=split)
     model = load_policy(policy, env, device, seed) if isinstance(policy, str) else policy
     base = unwrap_misical(env)
     if model.candidate_shape[1] == base.candidate_shape[1] + base.store.num_classes:
         # A goal-conditioned policy (trained on target_class="random") reads the target as a
         # one-hot in every candidate's row.
-        env = pool_env(store, target, budget, pool_size, target_onehot=True, features=features)
+        env = pool_env(
+            store, target, budget, pool_size, target_onehot=True, features=features, split=split
+        )
     base = unwrap_misical(env)
     s = base.store
     if mode == "episode":

@@ -165,12 +165,14 @@ def _task_image(task: dict[str, Any], store: FeatureStore, where: str) -> int:
     data = task.get("data")
     if not isinstance(data, dict):
         raise DatasetError(f"{where}: no task data")
-    if data.get("store_id") != store.path.name or data.get("store_fingerprint") != (
-        store.fingerprint
+    fingerprint = data.get("store_fingerprint")
+    # Any of the store's fingerprints: picks exported before a label or add-images still match.
+    if data.get("store_id") != store.path.name or not (
+        isinstance(fingerprint, str) and store.knows_fingerprint(fingerprint)
     ):
         raise StoreError(
             f"{where} was exported from store {data.get('store_id')!r} (fingerprint "
-            f"{data.get('store_fingerprint')!r}), not from {store.path.name!r} (fingerprint "
+            f"{fingerprint!r}), not from {store.path.name!r} (fingerprint "
             f"{store.fingerprint!r}); read it with the store it was selected from"
         )
     image_id = data.get("image_id")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -278,6 +279,18 @@ def test_polygons_and_brush_masks_come_back_as_label_maps(mask_store, tmp_path) 
     annotated = (label == car) | (label == sky)
     assert (label[~annotated] == 255).all()  # nothing else is annotated
     assert 15 * 11 <= (label == car).sum() <= 17 * 13
+
+
+def test_an_export_of_an_earlier_version_of_the_store_is_read(mask_store, tmp_path) -> None:
+    """Picks exported, then the store labelled elsewhere: the export still names the store."""
+    export, tasks = _annotated_export(mask_store, tmp_path)
+    store = FeatureStore.open(shutil.copytree(mask_store.path, tmp_path / mask_store.path.name))
+    labelled, counts = np.array(store.labelled), np.array(store.counts)
+    patch = store.split_ids("pool")[0]
+    labelled[patch], counts[patch] = False, 0  # any update gives a new fingerprint
+    store = store.update(labelled=labelled, counts=counts)
+    assert store.fingerprint != tasks[0]["data"]["store_fingerprint"]
+    assert len(read_labelstudio(export, store)) == len(tasks)
 
 
 def test_unannotated_tasks_give_nothing(mask_store, tmp_path) -> None:
