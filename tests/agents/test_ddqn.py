@@ -157,25 +157,43 @@ def test_compact_replay_fits_a_million_transitions_under_1_gb(
 
 
 # ---------------------------------------------------------------------- the update rule
+@pytest.mark.parametrize("counterfactual", [False, True])
 def test_train_step_matches_a_per_sample_reference(
-    tiny_store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+    tiny_store: FeatureStore, monkeypatch: pytest.MonkeyPatch, counterfactual: bool
 ) -> None:
     env = make_env(tiny_store)
-    model = DDQN(env, seed=0, learning_starts=10**6, batch_size=16, gamma=0.9, tau=0.1)
+    model = DDQN(
+        env,
+        seed=0,
+        learning_starts=10**6,
+        batch_size=16,
+        gamma=0.9,
+        tau=0.1,
+        counterfactual_targets=counterfactual,
+    )
     model.config = dataclasses.replace(model.config, max_grad_norm=0.05)  # clipping is active
     model.learn(200)  # fills the replay; no training yet
     # Random next-action masks (one row with no valid action) so that the masked argmax matters.
     rng = np.random.default_rng(1)
     masks = rng.random((16, 8)) < 0.4
     masks[0] = False
-    batches, priorities = [], []
+    batches, priorities, rewards = [], [], []
     real_sample = model.replay_buffer.sample
+    real_rewards = env.unwrapped.candidate_rewards
 
     def sample(batch_size: int, beta: float, rng: Any = None) -> Any:
         batches.append(real_sample(batch_size, beta, rng)._replace(next_action_masks=masks))
         return batches[-1]
 
+    def candidate_rewards(compact: np.ndarray, target: Any = None) -> np.ndarray:
+        # As on a partly labelled split: sample 1 knows no count, sample 2 only some.
+        rewards.append(real_rewards(compact, target))
+        rewards[-1][1] = np.nan
+        rewards[-1][2, ::2] = np.nan
+        return rewards[-1]
+
     monkeypatch.setattr(model.replay_buffer, "sample", sample)
+    monkeypatch.setattr(env.unwrapped, "candidate_rewards", candidate_rewards)
     monkeypatch.setattr(
         model.replay_buffer, "update_priorities", lambda i, td: priorities.append((i, td))
     )
@@ -184,8 +202,13 @@ def test_train_step_matches_a_per_sample_reference(
     model._train_step(beta=0.7)
 
     batch = batches[0]
+    assert len(rewards) == int(counterfactual)
     obs = torch.as_tensor(env.unwrapped.observation_from_compact(batch.obs))
     next_obs = torch.as_tensor(env.unwrapped.observation_from_compact(batch.next_obs))
+
+    def huber(delta: torch.Tensor) -> torch.Tensor:
+        return 0.5 * delta**2 if abs(delta.item()) < 1 else abs(delta) - 0.5
+
     losses, td_errors = [], []
     for i in range(16):
         valid = [a for a in range(8) if masks[i, a]] or list(range(8))
@@ -194,11 +217,18 @@ def test_train_step_matches_a_per_sample_reference(
         y = float(batch.returns[i]) + float(batch.discounts[i]) * float(
             target(next_obs[i : i + 1])[0, best]
         )
-        q = online(obs[i : i + 1])[0, int(batch.actions[i])]
-        delta = q - y
-        huber = 0.5 * delta**2 if abs(delta.item()) < 1 else abs(delta) - 0.5
-        losses.append(float(batch.weights[i]) * huber)
-        td_errors.append(delta.item())
+        q = online(obs[i : i + 1])[0]
+        taken = int(batch.actions[i])
+        r = rewards[0][i] if counterfactual else np.full(8, np.nan)
+        known = [a for a in range(8) if np.isfinite(r[a])] if np.isfinite(r[taken]) else []
+        if known:  # every known candidate, its target shifted by its reward's difference
+            loss = sum(huber(q[a] - (y + r[a] - r[taken])) for a in known) / len(known)
+        else:  # unknown rewards: the plain Double DQN update
+            loss = huber(q[taken] - y)
+        losses.append(float(batch.weights[i]) * loss)
+        td_errors.append((q[taken] - y).item())
+    if counterfactual:
+        assert 0 < np.isfinite(rewards[0][2]).sum() < 8  # the partly known sample is in the test
     optimizer.zero_grad()
     (sum(losses) / 16).backward()
     torch.nn.utils.clip_grad_norm_(online.parameters(), 0.05)
@@ -212,7 +242,7 @@ def test_train_step_matches_a_per_sample_reference(
         torch.testing.assert_close(ours, 0.9 * old + 0.1 * new, rtol=1e-5, atol=1e-6)
     indices, td = priorities[0]
     np.testing.assert_array_equal(indices, batch.indices)
-    np.testing.assert_allclose(td, td_errors, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(td, td_errors, rtol=1e-4, atol=1e-5)  # the taken action's TD
     assert model.state.n_updates == 1
 
 
@@ -307,7 +337,10 @@ def test_predict_single_batched_other_k_and_structured(tiny_store: FeatureStore)
 # ---------------------------------------------------------------------- determinism and replay
 def test_same_seed_same_q_values_and_compact_equals_raw(tiny_store: FeatureStore) -> None:
     first, same, raw, other_seed = (
-        DDQN(make_env(tiny_store), seed=seed, replay=replay, **FAST).learn(400)
+        # Raw replay keeps no store ids, hence no counterfactual targets: compare plain updates.
+        DDQN(
+            make_env(tiny_store), seed=seed, replay=replay, counterfactual_targets=False, **FAST
+        ).learn(400)
         for seed, replay in [(0, "compact"), (0, "compact"), (0, "raw"), (1, "compact")]
     )
     obs = torch.as_tensor(np.random.default_rng(0).random((4, 8 * 14), dtype=np.float32))
