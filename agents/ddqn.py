@@ -631,8 +631,9 @@ class DDQN(Learner):
             np.broadcast_to(states[:, None], (chosen.size, goals.size, states.shape[-1])),
             goals[None, :],
         )  # [P, T, K]
-        with np.errstate(invalid="ignore"):  # all-NaN rows: no labelled candidate
-            spread = np.nan_to_num(np.nanmax(by_goal, axis=2) - np.nanmin(by_goal, axis=2)) > 0
+        unknown = np.isnan(by_goal)
+        highest = np.where(unknown, -np.inf, by_goal).max(axis=2)
+        spread = highest > np.where(unknown, np.inf, by_goal).min(axis=2)  # [P, T]
         # A uniform draw among each sample's informative goals.
         scores = np.where(spread, self._rng.random(spread.shape), -1.0)
         pick = scores.argmax(axis=1)

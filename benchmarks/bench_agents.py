@@ -23,7 +23,18 @@ import numpy as np
 
 from misical_gym.train.agents import HEURISTIC_AGENTS
 
-AGENTS = ("ddqn", "dqn", "qrdqn", "ppo", "random", "presence", "bald", "entropy", "supervised")
+AGENTS = (
+    "ddqn",
+    "ddqn-plain",
+    "dqn",
+    "qrdqn",
+    "ppo",
+    "random",
+    "presence",
+    "bald",
+    "entropy",
+    "supervised",
+)
 
 
 def one_run(job: dict[str, Any]) -> dict[str, Any]:

@@ -113,6 +113,10 @@ def test_rejects_bad_arguments_clearly(tiny_store: FeatureStore) -> None:
         DDQN(env, policy_kwargs={"net_arch": [64]})
     with pytest.raises(ValueError, match="checkpoint_path"):
         DDQN(env, checkpoint_freq=10)
+    with pytest.raises(ValueError, match=r"0 <= hindsight_fraction <= 1"):
+        DDQN(env, hindsight_fraction=1.5)
+    with pytest.raises(ValueError, match="counterfactual_targets must be True or False"):
+        DDQN(env, counterfactual_targets="yes")
     with pytest.raises(ValueError, match=r"one gymnasium\.Env"):
         DDQN(env).set_env(gym.vector.SyncVectorEnv([lambda: make_env(tiny_store)]))
 
@@ -244,6 +248,93 @@ def test_train_step_matches_a_per_sample_reference(
     np.testing.assert_array_equal(indices, batch.indices)
     np.testing.assert_allclose(td, td_errors, rtol=1e-4, atol=1e-5)  # the taken action's TD
     assert model.state.n_updates == 1
+
+
+def _goal_model(store: FeatureStore, **kwargs: Any) -> DDQN:
+    model = DDQN(
+        make_env(store, target_class="random"), seed=0, learning_starts=10**6, gamma=0.9, **kwargs
+    )
+    return model.learn(300)  # fills the replay; no training yet
+
+
+def test_replay_windows_rebuild_the_stored_n_step_returns(tiny_store: FeatureStore) -> None:
+    model = _goal_model(tiny_store, n_step=3)
+    env = model.env.unwrapped
+    batch = model.replay_buffer.sample(64, 0.5, np.random.default_rng(0))
+    obs, actions, lengths = model.replay_buffer.windows(batch.indices)
+    assert obs.shape == (64, 3, 10) and set(lengths.tolist()) <= {1, 2, 3}
+    np.testing.assert_array_equal(obs[:, 0], batch.obs)
+    np.testing.assert_array_equal(actions[:, 0], batch.actions)
+    rewards = np.take_along_axis(env.candidate_rewards(obs), actions[..., None], 2)[..., 0]
+    returns = [sum(0.9**j * rewards[i, j] for j in range(n)) for i, n in enumerate(lengths)]
+    np.testing.assert_allclose(returns, batch.returns, rtol=1e-6)
+
+
+def test_hindsight_relabels_targets_with_exact_returns(tiny_store: FeatureStore) -> None:
+    model = _goal_model(tiny_store, hindsight_fraction=1.0)
+    env = model.env.unwrapped
+    batch = model.replay_buffer.sample(64, 0.5, np.random.default_rng(0))
+    relabelled = model._relabel(batch, env)
+    new = relabelled.obs[:, 8]
+    changed = new != batch.obs[:, 8]
+    assert changed.sum() > 32 and set(new.tolist()) <= set(env.goal_targets.tolist())
+    np.testing.assert_array_equal(relabelled.next_obs[:, 8], new)  # both ends of the window
+    np.testing.assert_array_equal(relabelled.obs[:, :8], batch.obs[:, :8])  # same candidates
+    np.testing.assert_array_equal(relabelled.discounts, batch.discounts)
+    # The new target's rewards differ between the shown candidates.
+    spread = np.ptp(env.candidate_rewards(relabelled.obs), axis=1)
+    assert (spread[changed] > 0).all()
+    # Returns: the window's picked patches paid under the new target, by hand.
+    obs, actions, lengths = model.replay_buffer.windows(batch.indices)
+    for i in np.flatnonzero(changed):
+        ids = [obs[i, j, actions[i, j]] for j in range(lengths[i])]
+        paid = env.reward_fn(env._counts[ids, new[i]], env._areas[ids])
+        assert relabelled.returns[i] == pytest.approx(sum(0.9**j * r for j, r in enumerate(paid)))
+    # Unknown counts in a window: the sample keeps its own target and return.
+    env_rewards = env.candidate_rewards
+    model.env.unwrapped.candidate_rewards = lambda c, t=None: np.full_like(
+        env_rewards(c, t), np.nan
+    )
+    try:
+        kept = model._relabel(batch, env)
+    finally:
+        del model.env.unwrapped.candidate_rewards
+    np.testing.assert_array_equal(kept.obs, batch.obs)
+    np.testing.assert_array_equal(kept.returns, batch.returns)
+
+
+def test_a_fixed_target_is_never_relabelled(tiny_store: FeatureStore) -> None:
+    model = DDQN(make_env(tiny_store), seed=0, hindsight_fraction=1.0, **FAST).learn(150)
+    assert model.env.unwrapped.goal_targets.size == 0
+    assert model._reward_oracle() is model.env.unwrapped
+    raw = DDQN(make_env(tiny_store), replay="raw", **FAST)
+    assert raw._reward_oracle() is None  # no store ids: the plain update
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+        ),
+    ],
+)
+def test_updates_run_on_the_models_device(tiny_store: FeatureStore, device: str) -> None:
+    model = DDQN(make_env(tiny_store, target_class="random"), seed=0, device=device, **FAST)
+    model.learn(150)
+    assert model.state.n_updates == 50
+    expected = torch.device(device).type
+    assert {p.device.type for p in model.q_net_target.parameters()} == {expected}
+    batch = model.replay_buffer.sample(8, 0.5)
+    assert {t.device.type for t in model._to_tensors(batch)} == {expected}
+    targets, share = model._counterfactual(
+        model.env.unwrapped.candidate_rewards(batch.obs),
+        batch.actions,
+        torch.zeros(8, device=model.device),
+    )
+    assert targets.device.type == share.device.type == expected
+    torch.testing.assert_close(share.sum(dim=1).cpu(), torch.ones(8))
 
 
 def test_hard_target_update_copies_every_interval(tiny_store: FeatureStore) -> None:
