@@ -211,7 +211,7 @@ def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Agent:
         ValueError: an unknown agent or hyperparameter key; the message lists the valid ones.
     """
     cls = agent_class(name)
-    params = dict(hyperparams)
+    params = DDQN_VARIANTS.get(name, {}) | hyperparams
     check_hyperparams(name, params)
     if name in HEURISTIC_AGENTS:
         return cls(name, env, **params)

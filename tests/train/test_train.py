@@ -193,6 +193,19 @@ def test_packaged_hyperparameters_cover_both_envs_with_valid_keys(agent) -> None
         assert experiment["n_timesteps"] == 10_000  # every learner, as rl-zoo3 needs
 
 
+def test_ddqn_plain_is_the_ddqn_without_counterfactual_targets_or_relabelling(tiny_store) -> None:
+    for env_id in ("MiSiCAL-Synthetic", "MiSiCAL-COCO10k"):
+        plain, default = (
+            default_hyperparams("ddqn-plain", env_id),
+            default_hyperparams("ddqn", env_id),
+        )
+        assert plain == default | {"counterfactual_targets": False, "hindsight_fraction": 0.0}
+    env = gym.make("MiSiCAL-Store", target_class="class3", **env_kwargs(tiny_store))
+    config = make_agent("ddqn-plain", env, device="cpu").config
+    assert not config.counterfactual_targets and config.hindsight_fraction == 0
+    assert make_agent("ddqn", env, device="cpu").config.counterfactual_targets
+
+
 def test_run_keys_of_a_file_are_defaults_under_the_arguments(tiny_store, tmp_path) -> None:
     file = tmp_path / "dqn.yml"
     entry = {"n_timesteps": 40, "env_kwargs": {"budget": 4, "pool_size": 6}, **FAST["dqn"]}
