@@ -538,13 +538,13 @@ class DDQN(Learner):
         if oracle is not None and c.counterfactual_targets:
             rewards = oracle.candidate_rewards(batch.obs)
         obs, actions, returns, next_obs, discounts, next_masks, weights = self._to_tensors(batch)
-        size = obs.shape[0]
-        # One online pass over [s, s']: the s' half only picks the Double DQN next action.
-        q_all, next_q_online = self.q_net(torch.cat([obs, next_obs])).split(size)
         with torch.no_grad():
-            next_actions = next_q_online.detach().masked_fill(~next_masks, -torch.inf).argmax(1)
-            next_q = self.q_net_target(next_obs).gather(1, next_actions.unsqueeze(1)).squeeze(1)
+            # Not one online pass over [s, s']: its backward would run over both halves.
+            next_q_online = self.q_net(next_obs).masked_fill(~next_masks, -torch.inf)
+            next_actions = next_q_online.argmax(dim=1, keepdim=True)
+            next_q = self.q_net_target(next_obs).gather(1, next_actions).squeeze(1)
             targets = returns + discounts * next_q
+        q_all = self.q_net(obs)
         q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
         if rewards is None:
             per_sample = F.smooth_l1_loss(q, targets, reduction="none")
