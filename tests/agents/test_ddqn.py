@@ -641,6 +641,12 @@ def test_greedy_policy_beats_random_on_held_out_episodes(tiny_store: FeatureStor
     assert greedy > random + 2.0
 
 
+def test_counterfactual_ddqn_beats_random_in_a_few_hundred_steps(tiny_store: FeatureStore) -> None:
+    # Measured: greedy 4.92 against random 0.94 after 300 steps (200 updates).
+    greedy, random = _learning_check(tiny_store, 0, 300, counterfactual_targets=True, **FAST)
+    assert greedy > random + 2.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(
