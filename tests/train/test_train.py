@@ -25,6 +25,7 @@ from misical_gym.train.agents import (
 torch.set_num_threads(1)
 FAST = {
     "ddqn": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
+    "ddqn-plain": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
     "dqn": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
     "qrdqn": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
     "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1},
@@ -40,6 +41,7 @@ COMMON_KEYS = {
 }
 EXTRA_KEYS = {
     "ddqn": {"train/loss", "rollout/exploration_rate"},
+    "ddqn-plain": {"train/loss", "rollout/exploration_rate"},
     "dqn": {"train/loss", "rollout/exploration_rate"},
     "qrdqn": {"train/loss", "rollout/exploration_rate"},
     "ppo": {"train/loss"},
@@ -266,7 +268,7 @@ def test_maskable_ppo_learns_with_the_envs_masks(tiny_store) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--agent", "sac"], "choose one of ddqn, dqn, qrdqn"),
+        (["--agent", "sac"], "choose one of ddqn, ddqn-plain, dqn, qrdqn"),
         (["--env", "CartPole-v9"], "MiSiCAL-COCO10k"),
         (["--env", "CartPole-v1"], "choose one of MiSiCAL-COCO10k"),  # registered, not ours
         (["--env-kwargs", "bugdet=3"], "valid ones: root"),
