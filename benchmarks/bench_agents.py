@@ -51,25 +51,51 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     from misical_gym.train import run_training
 
     torch.set_num_threads(1)
-    run_dir = run_training(
-        job["agent"],
-        "MiSiCAL-Synthetic",  # its packaged hyperparameters, whichever store holds the world
-        env_kwargs={"root": job["store"]},
-        target=job["target"],
-        pretrain_steps=job["pretrain"],
-        online_steps=job["online"],
-        seed=job["seed"],
-        logdir=job["logdir"],
-        device="cpu",
-        eval_episodes=job["episodes"],
-        progress=False,
-    ).run_dir
+    env_id = "MiSiCAL-Synthetic"  # its packaged hyperparameters, whichever store holds the world
+    run_dir = Path(job["logdir"]) / env_id / job["target"] / f"{job['agent']}_{job['seed']}"
+    if not _finished_as(run_dir, job, env_id):
+        run_dir = run_training(
+            job["agent"],
+            env_id,
+            env_kwargs={"root": job["store"]},
+            target=job["target"],
+            pretrain_steps=job["pretrain"],
+            online_steps=job["online"],
+            seed=job["seed"],
+            logdir=job["logdir"],
+            device="cpu",
+            eval_episodes=job["episodes"],
+            progress=False,
+        ).run_dir
     summary = json.loads((run_dir / "summary.json").read_text())
     (events,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
     curve = [(e.step, e.value) for e in accumulator.Scalars("rollout/ep_rew_mean")]
     return {**job, "summary": summary, "curve": curve}
+
+
+def _finished_as(run_dir: Path, job: dict[str, Any], env_id: str) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``job`` with today's packaged defaults."""
+    import yaml
+
+    from misical_gym.train.agents import default_hyperparams, split_experiment
+
+    if not (run_dir / "summary.json").is_file():
+        return False
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    phases = [
+        {"split": "init", "steps": job["pretrain"]},
+        {"split": "pool", "steps": job["online"]},
+    ]
+    expected = {
+        "store": job["store"],
+        "seed": job["seed"],
+        "phases": phases,
+        "eval_episodes": job["episodes"],
+        "hyperparams": split_experiment(default_hyperparams(job["agent"], env_id))[0],
+    }
+    return all(config.get(key) == value for key, value in expected.items())
 
 
 def time_to_supervised(job: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +180,13 @@ def main() -> None:
     parser.add_argument("--agents", default=None, help=f"default: {','.join(AGENTS)}")
     parser.add_argument("--time-to-supervised", metavar="CLASS")
     parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        help="keep the runs in this folder (default: a temporary one); runs finished there with "
+        "the same arguments are read, not trained again, so an interrupted benchmark resumes",
+    )
+    parser.add_argument("--targets", help="comma-separated classes (default: the rare ones)")
     args = parser.parse_args()
 
     from misical_gym.envs import resolve_store
@@ -178,9 +211,11 @@ def main() -> None:
             runs = list(pool.map(time_to_supervised, [{**j, "logdir": logdir} for j in jobs]))
         print(json.dumps({"store": store.path.name, "runs": runs}, indent=1))
         return
-    targets = [store.class_names[c] for c in store.rare_classes]
+    rare = [store.class_names[c] for c in store.rare_classes]
+    targets = args.targets.split(",") if args.targets else rare
     agents = (args.agents or ",".join(AGENTS)).split(",")
-    with tempfile.TemporaryDirectory() as logdir:
+    with tempfile.TemporaryDirectory() as scratch:
+        logdir = str(args.runs or scratch)
         jobs = [
             {
                 "agent": agent,

@@ -39,3 +39,22 @@ def test_bench_agents_times_the_ddqn_against_supervised(tiny_store) -> None:
     assert run["reached"] == (
         None if first is None else {"env_steps": first[0], "seconds": first[1], "reward": first[2]}
     )
+
+
+def test_bench_agents_reads_finished_runs_instead_of_training_again(tiny_store, tmp_path) -> None:
+    argv = ["--store", str(tiny_store.path), "--targets", "class3", "--agents", "random,presence"]
+    argv += ["--seeds", "1", "--pretrain-steps", "64", "--online-steps", "32", "--episodes", "2"]
+    argv += ["--workers", "1", "--runs", str(tmp_path / "runs"), "--plot", str(tmp_path / "p.png")]
+
+    def bench() -> dict:
+        command = [sys.executable, str(BENCHMARKS / "bench_agents.py"), *argv]
+        return json.loads(
+            subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        )
+
+    first = bench()
+    summary = tmp_path / "runs" / "MiSiCAL-Synthetic" / "class3" / "presence_0" / "summary.json"
+    written = summary.stat().st_mtime_ns
+    assert bench()["results"] == first["results"]
+    assert summary.stat().st_mtime_ns == written  # read, not trained again
+    assert set(first["results"]["class3"]) == {"random", "presence"}
