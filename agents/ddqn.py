@@ -3,9 +3,11 @@
 Read it top to bottom: :class:`DDQNConfig` (every hyperparameter, validated), then
 :class:`DDQN`: the networks and the replay, acting (ε-greedy over valid candidates), the replay
 step (what each transition stores), the update (one gradient step of Double DQN on a
-prioritized batch), then checkpoints. The SB3 shell around it (``learn``, ``set_env``, logger,
-callbacks, episode statistics) is :class:`~misical_gym.agents.learner.Learner`, so a training
-script can swap this agent for any SB3 algorithm.
+prioritized batch, with counterfactual targets for every shown candidate and hindsight
+relabelling where the env knows the rewards), then checkpoints. The SB3 shell around it
+(``learn``, ``set_env``, logger, callbacks, episode statistics) is
+:class:`~misical_gym.agents.learner.Learner`, so a training script can swap this agent for any
+SB3 algorithm.
 
 Two replay modes:
 
