@@ -563,9 +563,10 @@ class DDQN(Learner):
         self.replay_buffer.update_priorities(batch.indices, (q - targets).detach().cpu().numpy())
         if c.target_update == "soft":
             with torch.no_grad():
-                torch._foreach_lerp_(
-                    list(self.q_net_target.parameters()), list(self.q_net.parameters()), c.tau
-                )
+                for target, online in zip(
+                    self.q_net_target.parameters(), self.q_net.parameters(), strict=True
+                ):
+                    target.lerp_(online, c.tau)
 
         self.state.n_updates += 1
         stats = self._train_stats
