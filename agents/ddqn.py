@@ -3,9 +3,11 @@
 Read it top to bottom: :class:`DDQNConfig` (every hyperparameter, validated), then
 :class:`DDQN`: the networks and the replay, acting (ε-greedy over valid candidates), the replay
 step (what each transition stores), the update (one gradient step of Double DQN on a
-prioritized batch), then checkpoints. The SB3 shell around it (``learn``, ``set_env``, logger,
-callbacks, episode statistics) is :class:`~misical_gym.agents.learner.Learner`, so a training
-script can swap this agent for any SB3 algorithm.
+prioritized batch, with counterfactual targets for every shown candidate and hindsight
+relabelling where the env knows the rewards), then checkpoints. The SB3 shell around it
+(``learn``, ``set_env``, logger, callbacks, episode statistics) is
+:class:`~misical_gym.agents.learner.Learner`, so a training script can swap this agent for any
+SB3 algorithm.
 
 Two replay modes:
 
@@ -111,6 +113,18 @@ class DDQNConfig:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     """Q-network options: ``phi_arch`` (default ``[128, 128]``), ``rho_arch`` (default
     ``[128]``), ``dueling`` (default False)."""
+    counterfactual_targets: bool = True
+    """Train every shown candidate, not only the picked one: a sampled state's valid candidate
+    ``a_i`` gets the taken action's n-step target shifted by ``r(a_i) - r(a_taken)``, the
+    immediate rewards the env's ``candidate_rewards`` reports. Exact up to the picked patch's
+    effect on later draws. A sample whose rewards are unknown (an unlabelled pool, raw replay, an
+    env without ``candidate_rewards``) keeps the plain Double DQN update; False is the paper's
+    plain Double DQN throughout."""
+    hindsight_fraction: float = 0.5
+    """Share of each batch relabelled with another target when the env draws a new target per
+    episode (``env.unwrapped.goal_targets`` not empty; compact replay): the state's target
+    becomes one whose rewards differ between the shown candidates, and the n-step return is
+    recomputed exactly from the window's picked patches. 0 disables it."""
 
     def __post_init__(self) -> None:
         # Plain data only, so a checkpoint holds no pickled objects.
@@ -138,6 +152,7 @@ class DDQNConfig:
             "max_grad_norm > 0": self.max_grad_norm > 0,
             "checkpoint_freq >= 0": self.checkpoint_freq >= 0,
             "stats_window_size >= 1": self.stats_window_size >= 1,
+            "0 <= hindsight_fraction <= 1": 0 <= self.hindsight_fraction <= 1,
         }
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
@@ -145,6 +160,10 @@ class DDQNConfig:
         if self.target_update not in TARGET_UPDATES:
             raise ValueError(
                 f"target_update must be one of {TARGET_UPDATES}, got {self.target_update!r}"
+            )
+        if not isinstance(self.counterfactual_targets, bool):
+            raise ValueError(
+                f"counterfactual_targets must be True or False, got {self.counterfactual_targets!r}"
             )
         if self.replay not in REPLAY_MODES:
             raise ValueError(f"replay must be one of {REPLAY_MODES}, got {self.replay!r}")
@@ -174,6 +193,16 @@ class CompactStateEnv(Protocol):
     def compact_state(self) -> np.ndarray: ...
 
     def observation_from_compact(self, compact: np.ndarray) -> np.ndarray: ...
+
+
+class RewardOracleEnv(CompactStateEnv, Protocol):
+    """A compact-state env that reports every candidate's reward (the MiSiCAL env does)."""
+
+    goal_targets: np.ndarray
+
+    def candidate_rewards(
+        self, compact: np.ndarray, target: np.ndarray | int | None = None
+    ) -> np.ndarray: ...
 
 
 def _compact_env(env: gym.Env) -> CompactStateEnv:
@@ -496,18 +525,36 @@ class DDQN(Learner):
             self.q_net_target.load_state_dict(self.q_net.state_dict())
 
     def _train_step(self, beta: float) -> None:
-        """Double DQN on a prioritized batch: Huber loss weighted by IS weights, |TD| priorities."""
+        """Double DQN on a prioritized batch: Huber loss weighted by IS weights, |TD| priorities.
+
+        With ``counterfactual_targets`` each sample's loss is the mean over its valid candidates
+        (see :class:`DDQNConfig`); the priority stays the taken action's |TD error|, the one
+        quantity that is exact for every sample.
+        """
         c = self.config
         batch = self.replay_buffer.sample(c.batch_size, beta, self._rng)
+        oracle = self._reward_oracle()
+        if oracle is not None and c.hindsight_fraction > 0 and oracle.goal_targets.size:
+            batch = self._relabel(batch, oracle)
+        rewards = None
+        if oracle is not None and c.counterfactual_targets:
+            rewards = oracle.candidate_rewards(batch.obs)
         obs, actions, returns, next_obs, discounts, next_masks, weights = self._to_tensors(batch)
         with torch.no_grad():
-            # The online net picks the next action among the valid ones; the target net rates it.
+            # Not one online pass over [s, s']: its backward would run over both halves.
             next_q_online = self.q_net(next_obs).masked_fill(~next_masks, -torch.inf)
             next_actions = next_q_online.argmax(dim=1, keepdim=True)
             next_q = self.q_net_target(next_obs).gather(1, next_actions).squeeze(1)
             targets = returns + discounts * next_q
-        q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
-        loss = (weights * F.smooth_l1_loss(q, targets, reduction="none")).mean()
+        q_all = self.q_net(obs)
+        q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
+        if rewards is None:
+            per_sample = F.smooth_l1_loss(q, targets, reduction="none")
+        else:
+            all_targets, share = self._counterfactual(rewards, batch.actions, targets)
+            losses = F.smooth_l1_loss(q_all, all_targets, reduction="none")
+            per_sample = (losses * share).sum(dim=1)
+        loss = (weights * per_sample).mean()
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -528,14 +575,94 @@ class DDQN(Learner):
         stats["updates"] += 1
         self._per_beta = beta
 
+    def _reward_oracle(self) -> RewardOracleEnv | None:
+        """The env, if replay is compact and it reports candidates' rewards; else None."""
+        if self._spec.compact_size is None or self.env is None:
+            return None
+        base = self.env.unwrapped
+        if not callable(getattr(base, "candidate_rewards", None)):
+            return None
+        return cast(RewardOracleEnv, base)
+
+    def _counterfactual(
+        self, rewards: np.ndarray, actions: np.ndarray, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every candidate's target and its share of its sample's loss.
+
+        Args:
+            rewards: ``[B, K]`` immediate rewards of the candidates (NaN: unknown or empty).
+            actions: ``[B]`` taken actions.
+            targets: ``[B]`` the taken actions' n-step targets.
+
+        Returns:
+            ``[B, K]`` targets ``targets + r(a_i) - r(a_taken)`` and ``[B, K]`` shares: 1 / the
+            number of valid candidates on those, 0 elsewhere. A sample whose taken reward is
+            unknown puts its whole share on the taken action with the plain target.
+        """
+        rows = np.arange(len(actions))
+        taken = rewards[rows, actions]
+        known = np.isfinite(rewards) & np.isfinite(taken)[:, None]
+        known[rows, actions] = True  # the taken action always learns
+        shift = np.where(known, rewards - taken[:, None], 0.0)
+        shift[~np.isfinite(shift)] = 0.0  # taken reward unknown: the plain target
+        share = known / known.sum(axis=1, keepdims=True)
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(array, dtype=torch.float32, device=self.device)
+
+        return targets.unsqueeze(1) + tensor(shift), tensor(share)
+
+    def _relabel(self, batch: ReplaySample, env: RewardOracleEnv) -> ReplaySample:
+        """Hindsight relabelling: a ``hindsight_fraction`` of ``batch`` with another target.
+
+        The candidates an episode draws do not depend on its target, so a stored trajectory is
+        also one of every other target's: only the rewards change. A relabelled sample's target
+        is drawn among the goal targets whose rewards differ between its shown candidates (the
+        targets it can teach something about; a sampling choice, which changes what is
+        emphasised, not the fixed point), and its n-step return is recomputed from the picked
+        patches of its whole window, so the n-step target stays exact. A sample whose window
+        holds a patch of unknown counts, or with no such target, keeps its own.
+        """
+        k = self.candidate_shape[0]
+        draws = self._rng.random(len(batch.indices))
+        chosen = np.flatnonzero(draws < self.config.hindsight_fraction)
+        if chosen.size == 0:
+            return batch
+        goals = env.goal_targets
+        states = batch.obs[chosen]
+        by_goal = env.candidate_rewards(
+            np.broadcast_to(states[:, None], (chosen.size, goals.size, states.shape[-1])),
+            goals[None, :],
+        )  # [P, T, K]
+        unknown = np.isnan(by_goal)
+        highest = np.where(unknown, -np.inf, by_goal).max(axis=2)
+        spread = highest > np.where(unknown, np.inf, by_goal).min(axis=2)  # [P, T]
+        # A uniform draw among each sample's informative goals.
+        scores = np.where(spread, self._rng.random(spread.shape), -1.0)
+        pick = scores.argmax(axis=1)
+        new_target = goals[pick]
+        window_obs, window_actions, lengths = self.replay_buffer.windows(batch.indices[chosen])
+        picked = np.take_along_axis(
+            env.candidate_rewards(window_obs, new_target[:, None]), window_actions[..., None], 2
+        )[..., 0]  # [P, n]
+        inside = np.arange(window_actions.shape[1]) < lengths[:, None]
+        discounted = np.where(inside, picked * self.config.gamma ** np.arange(picked.shape[1]), 0)
+        ok = spread.any(axis=1) & np.isfinite(np.where(inside, picked, 0.0)).all(axis=1)
+        rows = chosen[ok]
+        obs, next_obs, returns = batch.obs.copy(), batch.next_obs.copy(), batch.returns.copy()
+        obs[rows, k] = next_obs[rows, k] = new_target[ok]
+        returns[rows] = discounted[ok].sum(axis=1)
+        return batch._replace(obs=obs, next_obs=next_obs, returns=returns)
+
     def _to_tensors(self, batch: ReplaySample) -> tuple[torch.Tensor, ...]:
         """The batch on the device, with observations rebuilt in compact mode."""
         obs, next_obs = batch.obs, batch.next_obs
         if self._spec.compact_size is not None:
             assert self.env is not None
             env = _compact_env(self.env)
-            obs = env.observation_from_compact(obs)
-            next_obs = env.observation_from_compact(next_obs)
+            # One rebuild for both halves: the store gather is the same call.
+            both = env.observation_from_compact(np.concatenate([obs, next_obs]))
+            obs, next_obs = both[: len(obs)], both[len(obs) :]
 
         def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)

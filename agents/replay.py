@@ -355,6 +355,22 @@ class NStepPrioritizedReplayBuffer:
             indices=indices,
         )
 
+    def windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The steps inside the n-step windows of sampled slots, to recompute their returns.
+
+        Args:
+            indices: ``[B]`` sampled slots (``ReplaySample.indices``).
+
+        Returns:
+            ``obs [B, n_step, *obs_shape]`` and ``actions [B, n_step]`` of the window's steps in
+            order, and ``lengths [B]``, each window's true length k: entries at ``j >= k`` lie
+            outside the window and mean nothing.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        slots = (indices[:, None] + np.arange(self.n_step)) % self.capacity
+        records = self._slots[slots]
+        return records["obs"], records["action"], self._slots["boot"][indices].astype(np.int64)
+
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """Set priorities ``(|td_error| + eps) ** alpha`` and raise the running max priority.
 

@@ -6,8 +6,15 @@ greedy policy plays held-out ``pool`` episodes. Prints one JSON object (per-clas
 seeds, the training curves of mean episode reward against env steps, and the verdicts) and
 writes a PNG of the curves. ``entropy`` runs too, so that "every heuristic" means all of them.
 
+``--time-to-supervised CLASS`` measures instead how fast an agent (``--agents``, default
+``ddqn``) learns on that class: it trains as above, plays ``--episodes`` greedy pool episodes
+every ``--eval-every`` env steps (their time not counted), and reports the training seconds and
+env steps when the greedy mean reward first reaches 0.9x the supervised ablation's after the
+whole budget (same seed, same evaluation episodes).
+
 Usage: ``python benchmarks/bench_agents.py [--store DIR] [--pretrain-steps 3000]
-[--online-steps 1000] [--seeds 3] [--workers 2] [--plot bench_agents.png] [--agents a,b,...]``.
+[--online-steps 1000] [--seeds 3] [--workers 2] [--plot bench_agents.png] [--agents a,b,...]
+[--time-to-supervised skis [--eval-every 250]]``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,18 @@ import numpy as np
 
 from misical_gym.train.agents import HEURISTIC_AGENTS
 
-AGENTS = ("ddqn", "dqn", "qrdqn", "ppo", "random", "presence", "bald", "entropy", "supervised")
+AGENTS = (
+    "ddqn",
+    "ddqn-plain",
+    "dqn",
+    "qrdqn",
+    "ppo",
+    "random",
+    "presence",
+    "bald",
+    "entropy",
+    "supervised",
+)
 
 
 def one_run(job: dict[str, Any]) -> dict[str, Any]:
@@ -33,25 +51,121 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     from misical_gym.train import run_training
 
     torch.set_num_threads(1)
-    run_dir = run_training(
-        job["agent"],
-        "MiSiCAL-Synthetic",  # its packaged hyperparameters, whichever store holds the world
-        env_kwargs={"root": job["store"]},
-        target=job["target"],
-        pretrain_steps=job["pretrain"],
-        online_steps=job["online"],
-        seed=job["seed"],
-        logdir=job["logdir"],
-        device="cpu",
-        eval_episodes=job["episodes"],
-        progress=False,
-    ).run_dir
+    env_id = "MiSiCAL-Synthetic"  # its packaged hyperparameters, whichever store holds the world
+    run_dir = Path(job["logdir"]) / env_id / job["target"] / f"{job['agent']}_{job['seed']}"
+    if not _finished_as(run_dir, job, env_id):
+        run_dir = run_training(
+            job["agent"],
+            env_id,
+            env_kwargs={"root": job["store"]},
+            target=job["target"],
+            pretrain_steps=job["pretrain"],
+            online_steps=job["online"],
+            seed=job["seed"],
+            logdir=job["logdir"],
+            device="cpu",
+            eval_episodes=job["episodes"],
+            progress=False,
+        ).run_dir
     summary = json.loads((run_dir / "summary.json").read_text())
     (events,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
     curve = [(e.step, e.value) for e in accumulator.Scalars("rollout/ep_rew_mean")]
     return {**job, "summary": summary, "curve": curve}
+
+
+def _finished_as(run_dir: Path, job: dict[str, Any], env_id: str) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``job`` with today's packaged defaults."""
+    import yaml
+
+    from misical_gym.train.agents import default_hyperparams, split_experiment
+
+    if not (run_dir / "summary.json").is_file():
+        return False
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    phases = [
+        {"split": "init", "steps": job["pretrain"]},
+        {"split": "pool", "steps": job["online"]},
+    ]
+    expected = {
+        "store": job["store"],
+        "seed": job["seed"],
+        "phases": phases,
+        "eval_episodes": job["episodes"],
+        "hyperparams": split_experiment(default_hyperparams(job["agent"], env_id))[0],
+    }
+    return all(config.get(key) == value for key, value in expected.items())
+
+
+def time_to_supervised(job: dict[str, Any]) -> dict[str, Any]:
+    """Training seconds and env steps until the greedy reward reaches 0.9x supervised's."""
+    import time
+
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from misical_gym.train import run_training
+    from misical_gym.train.agents import default_hyperparams, make_agent, split_experiment
+    from misical_gym.train.run import greedy_pool_statistics, make_misical_env
+
+    torch.set_num_threads(1)
+    env_id, seed, kwargs = "MiSiCAL-Synthetic", job["seed"], {"root": job["store"]}
+    eval_seed = 10_000 + seed  # run_training's evaluation episodes
+    supervised = run_training(
+        "supervised",
+        env_id,
+        env_kwargs=kwargs,
+        target=job["target"],
+        pretrain_steps=job["pretrain"],
+        online_steps=job["online"],
+        seed=seed,
+        logdir=job["logdir"],
+        device="cpu",
+        eval_episodes=job["episodes"],
+        progress=False,
+    ).summary["final_mean_reward"]
+    goal = 0.9 * supervised
+    eval_env = make_misical_env(env_id, "pool", job["target"], kwargs)
+    model: Any = None
+    reached: dict[str, float] | None = None
+    curve: list[tuple[int, float, float]] = []
+    clock = {"start": time.perf_counter(), "paused": 0.0}
+
+    class Evaluate(BaseCallback):
+        def _on_step(self) -> bool:
+            nonlocal reached
+            steps = self.num_timesteps
+            if steps % job["eval_every"]:
+                return True
+            paused = time.perf_counter()
+            trained = paused - clock["start"] - clock["paused"]
+            played = greedy_pool_statistics(model, eval_env, job["episodes"], eval_seed)
+            trained, reward = round(trained, 2), round(played["mean_reward"], 4)
+            curve.append((steps, trained, reward))
+            if reached is None and reward >= goal:
+                reached = {"env_steps": steps, "seconds": trained, "reward": reward}
+            clock["paused"] += time.perf_counter() - paused
+            return True
+
+    params, _ = split_experiment(default_hyperparams(job["agent"], env_id))
+    phases = [("init", job["pretrain"]), ("pool", job["online"])]
+    for index, (split, steps) in enumerate(phases):
+        env = make_misical_env(env_id, split, job["target"], kwargs)
+        if index == 0:
+            model = make_agent(job["agent"], env, seed=seed, device="cpu", **params)
+        else:
+            env.reset(seed=seed + index)  # as run_training seeds its later phases
+            model.set_env(env)
+        model.learn(steps, callback=Evaluate(), reset_num_timesteps=index == 0)
+    return {
+        "agent": job["agent"],
+        "seed": seed,
+        "supervised_reward": supervised,
+        "goal_reward": goal,
+        "reached": reached,
+        "curve": curve,
+    }
 
 
 def main() -> None:
@@ -63,15 +177,45 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=30, help="greedy pool episodes per run")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=Path("bench_agents.png"))
-    parser.add_argument("--agents", default=",".join(AGENTS))
+    parser.add_argument("--agents", default=None, help=f"default: {','.join(AGENTS)}")
+    parser.add_argument("--time-to-supervised", metavar="CLASS")
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        help="keep the runs in this folder (default: a temporary one); runs finished there with "
+        "the same arguments are read, not trained again, so an interrupted benchmark resumes",
+    )
+    parser.add_argument("--targets", help="comma-separated classes (default: the rare ones)")
     args = parser.parse_args()
 
     from misical_gym.envs import resolve_store
 
     store = resolve_store(args.store, "synthetic" if args.store is None else None)
-    targets = [store.class_names[c] for c in store.rare_classes]
-    agents = args.agents.split(",")
-    with tempfile.TemporaryDirectory() as logdir:
+    if args.time_to_supervised:
+        jobs = [
+            {
+                "agent": agent,
+                "target": args.time_to_supervised,
+                "seed": seed,
+                "store": str(store.path),
+                "pretrain": args.pretrain_steps,
+                "online": args.online_steps,
+                "episodes": args.episodes,
+                "eval_every": args.eval_every,
+            }
+            for agent in (args.agents or "ddqn").split(",")
+            for seed in range(args.seeds)
+        ]
+        with tempfile.TemporaryDirectory() as logdir, ProcessPoolExecutor(args.workers) as pool:
+            runs = list(pool.map(time_to_supervised, [{**j, "logdir": logdir} for j in jobs]))
+        print(json.dumps({"store": store.path.name, "runs": runs}, indent=1))
+        return
+    rare = [store.class_names[c] for c in store.rare_classes]
+    targets = args.targets.split(",") if args.targets else rare
+    agents = (args.agents or ",".join(AGENTS)).split(",")
+    with tempfile.TemporaryDirectory() as scratch:
+        logdir = str(args.runs or scratch)
         jobs = [
             {
                 "agent": agent,

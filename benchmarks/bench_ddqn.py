@@ -3,6 +3,9 @@
 One gradient update of the DDQN is everything ``_train_step`` does: a prioritized sample, the
 rebuild of its observations from the store (compact replay), the Double DQN target, the Huber
 loss, the backward pass, clipping, the Adam step, the priority update and the Polyak update.
+``ddqn_compact`` and ``ddqn_raw`` are the default agent (counterfactual targets in compact mode;
+raw replay has no store ids, so its update is the plain one), ``ddqn_compact_plain`` the plain
+Double DQN update in compact mode, so the counterfactual targets' own cost shows.
 SB3's side is ``DQN.train(gradient_steps, batch_size=64)`` (uniform n-step replay, no priority
 work, target copies outside ``train``). Both run single-threaded on the same env, a random store
 of COCO-Stuff 10k's candidate shape (K=32 candidates of F=177 features), with replays filled by
@@ -50,10 +53,13 @@ def make_env(root: Path) -> gym.Env:
     return gym.make("MiSiCAL-Store", root=str(root), pool_size=POOL_SIZE, budget=32)
 
 
-def ddqn_contender(root: Path, replay: str, device: str) -> tuple[Callable[[], None], DDQN]:
+def ddqn_contender(
+    root: Path, replay: str, device: str, counterfactual: bool = True
+) -> tuple[Callable[[], None], DDQN]:
     model = DDQN(
         make_env(root),
         replay=replay,
+        counterfactual_targets=counterfactual,
         buffer_size=FILL_STEPS * 2,
         batch_size=BATCH_SIZE,
         n_step=N_STEP,
@@ -125,6 +131,7 @@ def main() -> None:
         contenders: dict[str, tuple[Callable[[], None], object]] = {
             "ddqn_compact": ddqn_contender(store.path, "compact", args.device),
             "ddqn_raw": ddqn_contender(store.path, "raw", args.device),
+            "ddqn_compact_plain": ddqn_contender(store.path, "compact", args.device, False),
         }
         ddqn = contenders["ddqn_compact"][1]
         ddqn_params = num_params(ddqn.q_net)
@@ -158,7 +165,7 @@ def main() -> None:
                 ),
                 3,
             )
-            for mode in ("compact", "raw")
+            for mode in ("compact", "raw", "compact_plain")
             for peer in ("sb3_dqn_equal_params", "sb3_dqn_equal_width")
         }
         compact_bytes = contenders["ddqn_compact"][1].replay_buffer.memory_bytes_per_transition

@@ -196,6 +196,7 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         self._areas = self.store.areas
         # A plain ndarray view of the memory map: NumPy's memmap subclass slows every lookup.
         self._counts = np.asarray(self.store.counts)
+        self._labelled = np.asarray(self.store.labelled)
         # Allocated once: each reset copies the split into it instead of allocating anew.
         self._remaining = np.empty_like(self.split_ids)
         self._num_remaining = 0
@@ -299,6 +300,56 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
             compact[..., :k], compact[..., k], compact[..., k + 1] / self.budget
         )
         return obs
+
+    def candidate_rewards(
+        self, compact: np.ndarray, target: np.ndarray | int | None = None
+    ) -> np.ndarray:
+        """The reward each candidate of compact states ``[..., pool_size + 2]`` would pay.
+
+        This is what picking each slot would have paid (the chosen patch's reward in
+        :meth:`step`), so an agent can learn from every shown candidate, not only the one it
+        picked. It reads the oracle counts, so it is for training on labelled splits only.
+
+        Args:
+            compact: Compact states, one or a batch, as :meth:`compact_state` returns them.
+            target: Classes to pay for instead of each state's own target (broadcast over the
+                leading dimensions), for relabelling a transition with another target.
+
+        Returns:
+            float64 ``[..., pool_size]`` rewards under this env's reward function; NaN where a
+            slot is empty or the patch's counts are unknown (``FeatureStore.labelled``).
+
+        Raises:
+            ValueError: The states do not end in ``pool_size + 2`` values, or hold an id or
+                class outside the store.
+        """
+        compact = np.asarray(compact, dtype=np.int64)
+        k = self.pool_size
+        if compact.shape[-1] != k + 2:
+            raise ValueError(f"compact states end in {k + 2} values, got shape {compact.shape}")
+        ids = compact[..., :k]
+        classes = compact[..., k] if target is None else np.asarray(target, dtype=np.int64)
+        classes = np.broadcast_to(classes, compact.shape[:-1])
+        if ids.size and (ids.max() >= self.store.num_patches or ids.min() < -1):
+            raise ValueError(f"compact states hold ids outside [-1, {self.store.num_patches})")
+        if classes.size and (classes.min() < 0 or classes.max() >= self.store.num_classes):
+            raise ValueError(f"target classes must lie in [0, {self.store.num_classes})")
+        safe = np.maximum(ids, 0)
+        counts = self._counts[safe, classes[..., None]]
+        rewards = self.reward_fn(counts, self._areas[safe])
+        rewards[(ids < 0) | ~self._labelled[safe]] = np.nan
+        return rewards
+
+    @property
+    def goal_targets(self) -> np.ndarray:
+        """The classes an episode's target is drawn from; empty when the target is fixed.
+
+        A goal-conditioned agent may relabel its transitions with any of them: the candidates an
+        episode draws do not depend on its target, so a trajectory is one of every target's.
+        """
+        if self.fixed_target is not None:
+            return np.empty(0, dtype=np.int64)
+        return np.asarray(self.random_targets, dtype=np.int64)
 
     def build_observation(
         self,

@@ -21,3 +21,40 @@ def test_bench_env_reports_the_given_stores_patches(tiny_store) -> None:
     report = json.loads(result.stdout)
     assert report["store"]["patches"] == tiny_store.num_patches
     assert report["env_path_imported_torch"] is False
+
+
+def test_bench_agents_times_the_ddqn_against_supervised(tiny_store) -> None:
+    argv = ["--store", str(tiny_store.path), "--time-to-supervised", "class3", "--seeds", "1"]
+    argv += ["--pretrain-steps", "40", "--online-steps", "20", "--eval-every", "20"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_agents.py"), *argv, "--episodes", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (run,) = json.loads(result.stdout)["runs"]
+    assert run["goal_reward"] == 0.9 * run["supervised_reward"]
+    assert [steps for steps, _, _ in run["curve"]] == [20, 40, 60]
+    first = next((p for p in run["curve"] if p[2] >= run["goal_reward"]), None)
+    assert run["reached"] == (
+        None if first is None else {"env_steps": first[0], "seconds": first[1], "reward": first[2]}
+    )
+
+
+def test_bench_agents_reads_finished_runs_instead_of_training_again(tiny_store, tmp_path) -> None:
+    argv = ["--store", str(tiny_store.path), "--targets", "class3", "--agents", "random,presence"]
+    argv += ["--seeds", "1", "--pretrain-steps", "64", "--online-steps", "32", "--episodes", "2"]
+    argv += ["--workers", "1", "--runs", str(tmp_path / "runs"), "--plot", str(tmp_path / "p.png")]
+
+    def bench() -> dict:
+        command = [sys.executable, str(BENCHMARKS / "bench_agents.py"), *argv]
+        return json.loads(
+            subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        )
+
+    first = bench()
+    summary = tmp_path / "runs" / "MiSiCAL-Synthetic" / "class3" / "presence_0" / "summary.json"
+    written = summary.stat().st_mtime_ns
+    assert bench()["results"] == first["results"]
+    assert summary.stat().st_mtime_ns == written  # read, not trained again
+    assert set(first["results"]["class3"]) == {"random", "presence"}

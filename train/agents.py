@@ -27,7 +27,15 @@ if TYPE_CHECKING:
 
 SB3_AGENTS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c", "maskable-ppo")
 HEURISTIC_AGENTS: tuple[str, ...] = ("random", "bald", "entropy", "presence", "oracle")
-AGENTS: tuple[str, ...] = ("ddqn", *SB3_AGENTS, "supervised", *HEURISTIC_AGENTS)
+DDQN_VARIANTS: dict[str, dict[str, Any]] = {
+    "ddqn": {},
+    "ddqn-plain": {"counterfactual_targets": False, "hindsight_fraction": 0.0},
+}
+"""The package's DDQN under each name, with what the name fixes over ``ddqn.yml``:
+``ddqn-plain`` is the paper's Double DQN (one target per sample, no relabelling), kept as the
+ablation of the counterfactual targets and hindsight relabelling."""
+DDQN_AGENTS: tuple[str, ...] = tuple(DDQN_VARIANTS)
+AGENTS: tuple[str, ...] = (*DDQN_AGENTS, *SB3_AGENTS, "supervised", *HEURISTIC_AGENTS)
 """Every agent name; ``oracle`` reads the true counts and is for evaluation only."""
 EXPERIMENT_KEYS: tuple[str, ...] = ("n_timesteps", "env_kwargs")
 """Keys of a hyperparameter entry that configure the run, not the agent, in rl-zoo3's names, so
@@ -39,7 +47,7 @@ DEFAULT_TIMESTEPS = 10_000
 def agent_class(name: str) -> type[Any]:
     """The class behind an agent name (imports torch for the learning agents)."""
     check_agent(name)
-    if name == "ddqn":
+    if name in DDQN_AGENTS:
         from misical_gym.agents.ddqn import DDQN
 
         return DDQN
@@ -94,10 +102,12 @@ def check_agent(name: str) -> None:
 def default_hyperparams(name: str, env_id: str) -> dict[str, Any]:
     """The packaged rl-zoo3-style defaults of ``name`` for ``env_id`` (``default`` otherwise)."""
     check_agent(name)
-    file = resources.files("misical_gym.train") / "hyperparams" / f"{name}.yml"
+    base = "ddqn" if name in DDQN_AGENTS else name  # the variants share ddqn.yml
+    file = resources.files("misical_gym.train") / "hyperparams" / f"{base}.yml"
     if not file.is_file():
         return {}
-    return dict(select_env_entry(yaml.safe_load(file.read_text()) or {}, env_id))
+    entry = dict(select_env_entry(yaml.safe_load(file.read_text()) or {}, env_id))
+    return entry | DDQN_VARIANTS.get(name, {})
 
 
 def select_env_entry(table: dict[str, Any], env_id: str) -> dict[str, Any]:
@@ -201,7 +211,7 @@ def make_agent(name: str, env: gym.Env, **hyperparams: Any) -> Agent:
         ValueError: an unknown agent or hyperparameter key; the message lists the valid ones.
     """
     cls = agent_class(name)
-    params = dict(hyperparams)
+    params = DDQN_VARIANTS.get(name, {}) | hyperparams
     check_hyperparams(name, params)
     if name in HEURISTIC_AGENTS:
         return cls(name, env, **params)

@@ -33,6 +33,7 @@ from misical_gym.envs.patch_selection import unwrap_misical
 from misical_gym.paths import safe_name
 from misical_gym.train.agents import (
     AGENTS,
+    DDQN_AGENTS,
     SB3_AGENTS,
     check_agent,
     check_hyperparams,
@@ -199,7 +200,7 @@ def run_training(
     config["command"] = train_command(config, hyperparams_path)
     resume = _resumable(run_dir, config, overwrite)
     common = {"seed": seed, "tensorboard_log": str(run_dir), "device": device, "verbose": 0}
-    if agent == "ddqn" and checkpoint_every:
+    if agent in DDQN_AGENTS and checkpoint_every:
         common |= {
             "checkpoint_freq": checkpoint_every,
             "checkpoint_path": str(run_dir / CHECKPOINT),
@@ -286,7 +287,7 @@ def run_training(
     return TrainingRun(run_dir, model, summary)
 
 
-ONLINE_AGENTS: tuple[str, ...] = ("ddqn", *SB3_AGENTS)
+ONLINE_AGENTS: tuple[str, ...] = (*DDQN_AGENTS, *SB3_AGENTS)
 """The agents ``--resume RUN --online-steps N`` continues: those whose saved model is all they
 learn from. Not the supervised ablation: its file keeps the classifier, not the examples it was
 fitted on, so an update would refit it on the new picks alone."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import warnings
@@ -282,6 +283,52 @@ def test_compact_state_rebuilds_the_observation(tiny_store) -> None:
         observations.append(obs)
     np.testing.assert_array_equal(env.observation_from_compact(np.stack(states)), observations)
     np.testing.assert_array_equal(env.observation_from_compact(states[0]), observations[0])
+
+
+@pytest.mark.parametrize("scheme", ["categorical", "binary", "share", "log_count"])
+def test_candidate_rewards_are_what_each_slot_would_pay(tiny_store, scheme) -> None:
+    env = make(tiny_store, budget=4, pool_size=6, reward=scheme, target_class="class1").unwrapped
+    env.reset(seed=3)
+    seen = []
+    for _ in range(4):
+        state = env.compact_state()
+        rewards = env.candidate_rewards(state)
+        assert rewards.shape == (6,) and rewards.dtype == np.float64
+        # Each slot's reward as a copy of the env in this state pays it.
+        paid = [copy.deepcopy(env).step(slot)[1] for slot in range(6)]
+        np.testing.assert_allclose(rewards, paid)
+        seen.append(rewards)
+        env.step(int(np.argmax(rewards)))
+    assert np.ptp(seen) > 0  # some candidates paid more than others
+    # A batch, and another target than the state's: the same numbers as one by one.
+    states = np.stack([state, state])
+    np.testing.assert_allclose(env.candidate_rewards(states, [1, 5])[0], rewards)
+    other = env.candidate_rewards(states, [1, 5])[1]
+    np.testing.assert_allclose(
+        other, env.reward_fn(env._counts[state[:6], 5], env._areas[state[:6]])
+    )
+
+
+def test_candidate_rewards_are_nan_where_unknown(tmp_path) -> None:
+    store = write_random_store(tmp_path / "s", num_images=40, unlabelled_pool=0.5, seed=0)
+    env = make(store, budget=4, pool_size=4, split="pool", target_class="class1").unwrapped
+    unlabelled = np.flatnonzero(~store.labelled)
+    labelled = env.split_ids[:2]
+    state = np.array([labelled[0], -1, unlabelled[0], labelled[1], 1, 4])
+    rewards = env.candidate_rewards(state)
+    assert np.isfinite(rewards[[0, 3]]).all() and np.isnan(rewards[[1, 2]]).all()
+    with pytest.raises(ValueError, match="end in 6 values"):
+        env.candidate_rewards(state[:5])
+    with pytest.raises(ValueError, match="ids outside"):
+        env.candidate_rewards(np.array([store.num_patches, 0, 0, 0, 1, 4]))
+    with pytest.raises(ValueError, match="target classes"):
+        env.candidate_rewards(state, store.num_classes)
+
+
+def test_goal_targets_are_the_random_targets_only(tiny_store) -> None:
+    assert make(tiny_store, target_class="class3").unwrapped.goal_targets.size == 0
+    env = make(tiny_store, target_class="random").unwrapped
+    np.testing.assert_array_equal(env.goal_targets, env.random_targets)
 
 
 @pytest.mark.parametrize("scheme", ["categorical", "binary", "share", "log_count"])

@@ -25,6 +25,7 @@ from misical_gym.train.agents import (
 torch.set_num_threads(1)
 FAST = {
     "ddqn": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
+    "ddqn-plain": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
     "dqn": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
     "qrdqn": {"learning_starts": 50, "batch_size": 16, "buffer_size": 1000},
     "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1},
@@ -40,6 +41,7 @@ COMMON_KEYS = {
 }
 EXTRA_KEYS = {
     "ddqn": {"train/loss", "rollout/exploration_rate"},
+    "ddqn-plain": {"train/loss", "rollout/exploration_rate"},
     "dqn": {"train/loss", "rollout/exploration_rate"},
     "qrdqn": {"train/loss", "rollout/exploration_rate"},
     "ppo": {"train/loss"},
@@ -193,6 +195,19 @@ def test_packaged_hyperparameters_cover_both_envs_with_valid_keys(agent) -> None
         assert experiment["n_timesteps"] == 10_000  # every learner, as rl-zoo3 needs
 
 
+def test_ddqn_plain_is_the_ddqn_without_counterfactual_targets_or_relabelling(tiny_store) -> None:
+    for env_id in ("MiSiCAL-Synthetic", "MiSiCAL-COCO10k"):
+        plain, default = (
+            default_hyperparams("ddqn-plain", env_id),
+            default_hyperparams("ddqn", env_id),
+        )
+        assert plain == default | {"counterfactual_targets": False, "hindsight_fraction": 0.0}
+    env = gym.make("MiSiCAL-Store", target_class="class3", **env_kwargs(tiny_store))
+    config = make_agent("ddqn-plain", env, device="cpu").config
+    assert not config.counterfactual_targets and config.hindsight_fraction == 0
+    assert make_agent("ddqn", env, device="cpu").config.counterfactual_targets
+
+
 def test_run_keys_of_a_file_are_defaults_under_the_arguments(tiny_store, tmp_path) -> None:
     file = tmp_path / "dqn.yml"
     entry = {"n_timesteps": 40, "env_kwargs": {"budget": 4, "pool_size": 6}, **FAST["dqn"]}
@@ -253,7 +268,7 @@ def test_maskable_ppo_learns_with_the_envs_masks(tiny_store) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--agent", "sac"], "choose one of ddqn, dqn, qrdqn"),
+        (["--agent", "sac"], "choose one of ddqn, ddqn-plain, dqn, qrdqn"),
         (["--env", "CartPole-v9"], "MiSiCAL-COCO10k"),
         (["--env", "CartPole-v1"], "choose one of MiSiCAL-COCO10k"),  # registered, not ours
         (["--env-kwargs", "bugdet=3"], "valid ones: root"),
