@@ -43,8 +43,9 @@ def test_outputs_hold_every_point_and_agree(swept) -> None:
         assert point["target_pixels_over_random"] == pytest.approx(
             point["target_pixels_mean"] - np.mean(point["random_seed_target_pixels"])
         )
+    # Ties go to the first point in grid order (gamma=0 and 0.9 can pick alike on this store).
     best = max(
-        {p["point"] for p in points},
+        dict.fromkeys(p["point"] for p in points),
         key=lambda label: np.mean(
             [p["target_pixels_over_random"] for p in points if p["point"] == label]
         ),
