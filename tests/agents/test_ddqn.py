@@ -18,6 +18,7 @@ import pytest
 import torch
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import misical_gym  # noqa: F401 (registers the environments)
@@ -113,8 +114,16 @@ def test_rejects_bad_arguments_clearly(tiny_store: FeatureStore) -> None:
         DDQN(env, policy_kwargs={"net_arch": [64]})
     with pytest.raises(ValueError, match="checkpoint_path"):
         DDQN(env, checkpoint_freq=10)
-    with pytest.raises(ValueError, match=r"one gymnasium\.Env"):
-        DDQN(env).set_env(gym.vector.SyncVectorEnv([lambda: make_env(tiny_store)]))
+    with pytest.raises(ValueError, match=r"not an SB3 VecEnv"):
+        DDQN(env).set_env(DummyVecEnv([lambda: make_env(tiny_store)]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_refuses_an_env_that_is_not_misical(vector: bool) -> None:
+    # CartPole's 4 numbers over Discrete(2) would fit 2 candidates of 2 features.
+    env = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync") if vector else "CartPole-v1"
+    with pytest.raises(ValueError, match="DDQN trains on MiSiCAL envs.*CartPoleEnv has none"):
+        DDQN(env)
 
 
 class _NoCompact(gym.Env):
@@ -122,6 +131,7 @@ class _NoCompact(gym.Env):
 
     observation_space = gym.spaces.Box(0, 1, (12,), np.float32)
     action_space = gym.spaces.Discrete(4)
+    candidate_shape = (4, 3)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
         super().reset(seed=seed)
@@ -134,7 +144,7 @@ class _NoCompact(gym.Env):
 def test_replay_mode_follows_the_env(tiny_store: FeatureStore) -> None:
     assert DDQN(make_env(tiny_store))._spec.compact_size == 8 + 2
     assert DDQN(make_env(tiny_store), replay="raw")._spec.compact_size is None
-    assert DDQN(_NoCompact())._spec.compact_size is None  # candidate rows inferred: (4, 3)
+    assert DDQN(_NoCompact())._spec.compact_size is None
     with pytest.raises(ValueError, match="replay='raw'"):
         DDQN(_NoCompact(), replay="compact")
     # A wrapper that changes observations cannot be rebuilt from store ids.
