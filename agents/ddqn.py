@@ -455,24 +455,25 @@ class DDQN(Learner):
     def _act(self, obs: np.ndarray, progress: float) -> np.ndarray:
         """Uniform random before ``learning_starts``, then ε-greedy; valid actions only.
 
-        One forward pass scores the sub-envs that act greedily.
+        One forward pass scores the sub-envs that act greedily. Sub-envs about to autoreset
+        ignore their action and draw nothing, so a vector env of one draws what a single env
+        does.
         """
         self.exploration_rate = self._exploration_schedule(progress)
         masks = self._current_masks()
         n = len(obs)
-        if self.num_timesteps < self.config.learning_starts:
-            explore = np.ones(n, dtype=bool)
-        else:
-            explore = self._rng.random(n) < self.exploration_rate
-        actions = np.empty(n, dtype=np.int64)
-        if not explore.all():
-            greedy = ~explore
+        acting = ~self._starting
+        explore = acting.copy()
+        if self.num_timesteps >= self.config.learning_starts:
+            explore[acting] = self._rng.random(int(acting.sum())) < self.exploration_rate
+        greedy = acting & ~explore
+        actions = np.zeros(n, dtype=np.int64)
+        if greedy.any():
             rows = obs.reshape(n, -1, self.candidate_shape[1])
-            if explore.any():
-                rows, greedy_masks = rows[greedy], masks[greedy]
+            if greedy.all():
+                actions[:] = masked_argmax(self.scores(rows), masks)
             else:
-                greedy_masks = masks
-            actions[greedy] = masked_argmax(self.scores(rows), greedy_masks)
+                actions[greedy] = masked_argmax(self.scores(rows[greedy]), masks[greedy])
         for e in np.flatnonzero(explore).tolist():
             actions[e] = self._random_action(masks[e])
         return actions
