@@ -122,7 +122,7 @@ def test_rejects_bad_arguments_clearly(tiny_store: FeatureStore) -> None:
 def test_refuses_an_env_that_is_not_misical(vector: bool) -> None:
     # CartPole's 4 numbers over Discrete(2) would fit 2 candidates of 2 features.
     env = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync") if vector else "CartPole-v1"
-    with pytest.raises(ValueError, match="DDQN trains on MiSiCAL envs.*CartPoleEnv has none"):
+    with pytest.raises(ValueError, match=r"DDQN trains on MiSiCAL envs.*CartPoleEnv has none"):
         DDQN(env)
 
 
