@@ -295,6 +295,8 @@ class DDQN(Learner):
     # each sub-env's last stored state [N, ...], and its step held back until the next one.
     _last_stored: np.ndarray | None
     _pending: list[dict[str, Any] | None]
+    # [N, K] valid actions at the current observations, read once per step.
+    _masks: np.ndarray
 
     def __init__(
         self,
@@ -460,7 +462,7 @@ class DDQN(Learner):
         does.
         """
         self.exploration_rate = self._exploration_schedule(progress)
-        masks = self._current_masks()
+        masks = self._masks
         n = len(obs)
         acting = ~self._starting
         explore = acting.copy()
@@ -499,6 +501,7 @@ class DDQN(Learner):
     # ------------------------------------------------------------------ the replay step
     def _on_reset(self, obs: np.ndarray) -> None:
         self._last_stored = self._replay_states(obs)
+        self._masks = self._current_masks()
         if self._spec.compact_size is not None and self._compact_probe is None:
             assert self.env is not None
             probe = (self._last_stored[0].copy(), obs[0].copy())
@@ -551,6 +554,7 @@ class DDQN(Learner):
             else:
                 pending[e] = step
         self._last_stored = stored
+        self._masks = masks  # the next _act's
 
     def _abandon_episode(self) -> None:
         for e, held in enumerate(self._pending):
