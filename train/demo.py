@@ -69,8 +69,8 @@ FULL = DemoConfig(
     epochs=20,
     mc_samples=20,
     # Most of the demo's time is the DDQN's gradient steps, one per env step after its first
-    # 500: 1,500 + 500 steps take 1,500 of them where 3,000 + 1,000 took 3,500.
-    pretrain_steps=1500,
+    # 500: 1,000 + 500 steps take 1,000 of them where 3,000 + 1,000 took 3,500.
+    pretrain_steps=1000,
     online_steps=500,
     budget=100,
     seeds=1,
