@@ -17,6 +17,12 @@ Two replay modes:
 - ``raw``: the buffer keeps the float observations themselves.
 
 Both feed the network identical observations, so for the same seed they train identically.
+
+Vector envs (a Gymnasium ``VectorEnv`` of N MiSiCAL envs: ``gym.make_vec(id, num_envs=N)`` in
+``"sync"`` mode, or the native ``"vector_entry_point"`` env) give N transitions per step, one
+n-step stream per sub-env in the replay. Compact replay reads the native env's batched
+``compact_state`` and a ``SyncVectorEnv``'s sub-envs' one by one; other vector envs
+(``AsyncVectorEnv``) use raw replay.
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ class DDQNConfig:
     """Polyak rate of the soft target update, applied after every gradient step (the paper's β;
     PER's β is ``per_beta0``)."""
     train_freq: int = 4
-    """Env steps between training rounds."""
+    """Env steps between training rounds. On a vector env of N sub-envs a step is N env steps,
+    so the gradient steps per transition do not depend on N (SB3 counts vector steps)."""
     gradient_steps: int = 1
     """Gradient steps per round; -1 means ``train_freq``."""
     learning_starts: int = 1_000
@@ -205,9 +212,35 @@ class RewardOracleEnv(CompactStateEnv, Protocol):
     ) -> np.ndarray: ...
 
 
-def _compact_env(env: gym.Env) -> CompactStateEnv:
-    """``env.unwrapped`` in compact replay mode, whose methods :meth:`_EnvSpec.of` checked."""
-    return cast(CompactStateEnv, env.unwrapped)
+class _SyncCompact:
+    """A ``SyncVectorEnv``'s compact states, read from its sub-envs: ``[N, C]``."""
+
+    def __init__(self, env: gym.vector.SyncVectorEnv) -> None:
+        self._bases = [cast(CompactStateEnv, sub.unwrapped) for sub in env.envs]
+
+    def compact_state(self) -> np.ndarray:
+        return np.stack([base.compact_state() for base in self._bases])
+
+    def observation_from_compact(self, compact: np.ndarray) -> np.ndarray:
+        return self._bases[0].observation_from_compact(compact)
+
+
+def _compact_env(env: Any) -> CompactStateEnv:
+    """What compact replay reads states from, whose methods :meth:`_EnvSpec.of` checked:
+    ``env.unwrapped``, or a ``SyncVectorEnv``'s sub-envs."""
+    base = env.unwrapped
+    if isinstance(base, gym.vector.SyncVectorEnv):
+        return _SyncCompact(base)
+    return cast(CompactStateEnv, base)
+
+
+def _single_base(env: Any) -> Any:
+    """The one env whose attributes (``candidate_shape``, ``compact_state``) speak for ``env``:
+    ``env.unwrapped``, or a ``SyncVectorEnv``'s first sub-env."""
+    base = env.unwrapped
+    if isinstance(base, gym.vector.SyncVectorEnv):
+        return base.envs[0].unwrapped
+    return base
 
 
 @dataclass(frozen=True)
@@ -221,25 +254,40 @@ class _EnvSpec:
 
     @classmethod
     def of(cls, env: gym.Env, replay: str) -> _EnvSpec:
-        """Read the spec from ``env``; ``replay`` picks the replay mode ("auto" prefers compact)."""
-        if not isinstance(env.action_space, gym.spaces.Discrete):
-            raise ValueError(f"DDQN needs a Discrete action space, got {env.action_space}")
-        if not isinstance(env.observation_space, gym.spaces.Box):
-            raise ValueError(f"DDQN needs a Box observation space, got {env.observation_space}")
-        num_actions = int(env.action_space.n)
-        obs_shape = tuple(int(d) for d in env.observation_space.shape)
-        size = int(np.prod(obs_shape))
-        base = env.unwrapped
+        """Read the spec from ``env`` (an env or a vector env); ``replay`` picks the replay mode
+        ("auto" prefers compact).
+
+        Raises:
+            ValueError: ``env`` is no MiSiCAL env (it has no ``candidate_shape``), or its
+                spaces do not fit.
+        """
+        vector = isinstance(env, gym.vector.VectorEnv)
+        action_space = env.single_action_space if vector else env.action_space
+        observation_space = env.single_observation_space if vector else env.observation_space
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"DDQN needs a Discrete action space, got {action_space}")
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise ValueError(f"DDQN needs a Box observation space, got {observation_space}")
+        num_actions = int(action_space.n)
+        obs_shape = tuple(int(d) for d in observation_space.shape)
+        base = _single_base(env)
         shape = getattr(base, "candidate_shape", None)
-        if shape is None and size % num_actions == 0:  # one row of features per action
-            shape = (num_actions, size // num_actions)
-        if shape is None or len(shape) != 2 or shape[0] != num_actions or np.prod(shape) != size:
+        if shape is None:
+            raise ValueError(
+                f"DDQN trains on MiSiCAL envs, whose observation holds one row of features per "
+                f"candidate (env.unwrapped.candidate_shape); {type(base).__name__} has none "
+                "(vector envs: use vectorization_mode 'sync' or the native 'vector_entry_point')"
+            )
+        if len(shape) != 2 or shape[0] != num_actions or np.prod(shape) != np.prod(obs_shape):
             raise ValueError(
                 f"DDQN scores one row of features per action: the observation {obs_shape} must "
                 f"hold {num_actions} equal rows (env.unwrapped.candidate_shape = {shape})"
             )
-        has_compact = callable(getattr(base, "compact_state", None)) and callable(
-            getattr(base, "observation_from_compact", None)
+        # A SyncVectorEnv's sub-envs hold the states; a native vector env batches them.
+        source = base if isinstance(env.unwrapped, gym.vector.SyncVectorEnv) else env.unwrapped
+        has_compact = all(
+            callable(getattr(source, name, None))
+            for name in ("compact_state", "observation_from_compact")
         )
         if replay == "compact" and not has_compact:
             raise ValueError(
@@ -247,7 +295,9 @@ class _EnvSpec:
                 "observation_from_compact(); use replay='raw' for this env"
             )
         compact = replay == "compact" or (replay == "auto" and has_compact)
-        compact_size = int(np.asarray(_compact_env(env).compact_state()).size) if compact else None
+        compact_size = (
+            int(np.asarray(_compact_env(env).compact_state()).shape[-1]) if compact else None
+        )
         return cls(obs_shape, (int(shape[0]), int(shape[1])), compact_size)
 
 
@@ -270,26 +320,33 @@ class DDQN(Learner):
 
     config_class = DDQNConfig
     tb_log_name = "DDQN"
-    # The episode in progress as the replay sees it (:meth:`_forget_episode` clears both): the
-    # last stored state, and the step held back until the next one.
+    # The episodes in progress as the replay sees them (:meth:`_forget_episode` clears both):
+    # each sub-env's last stored state [N, ...], and its step held back until the next one.
     _last_stored: np.ndarray | None
-    _pending: dict[str, Any] | None
+    _pending: list[dict[str, Any] | None]
+    # [N, K] valid actions at the current observations, read once per step.
+    _masks: np.ndarray
 
     def __init__(
-        self, env: gym.Env | str, config: DDQNConfig | None = None, **hyperparams: Any
+        self,
+        env: gym.Env | gym.vector.VectorEnv | str,
+        config: DDQNConfig | None = None,
+        **hyperparams: Any,
     ) -> None:
         """Configure the agent and build its networks and replay buffer.
 
         Args:
-            env: A Gymnasium env with a ``Discrete(K)`` action space whose observation holds one
-                row of F features per action (``env.unwrapped.candidate_shape == (K, F)``), or
-                an env id for ``gym.make``.
+            env: A MiSiCAL env: a ``Discrete(K)`` action space and an observation of one row of
+                F features per action (``env.unwrapped.candidate_shape == (K, F)``); or a
+                Gymnasium ``VectorEnv`` of them (``SyncVectorEnv`` or the native vector env);
+                or an env id for ``gym.make``.
             config: The hyperparameters (default: :class:`DDQNConfig`'s defaults).
             **hyperparams: Fields of :class:`DDQNConfig` overriding ``config``, SB3-style
                 (``DDQN(env, gamma=0.9)``).
 
         Raises:
-            ValueError: If an argument is unknown or out of range, or the env does not fit.
+            ValueError: If an argument is unknown or out of range, or the env does not fit
+                (it is no MiSiCAL env, e.g. CartPole).
         """
         if isinstance(env, str):
             env = gym.make(env)
@@ -341,11 +398,12 @@ class DDQN(Learner):
         """``(K, F)``: candidates per observation and features per candidate it was built for."""
         return self._spec.candidate_shape
 
-    def set_env(self, env: gym.Env | str) -> None:
-        """Train on ``env`` from now on; it must match the model's observation and actions.
+    def set_env(self, env: gym.Env | gym.vector.VectorEnv | str) -> None:
+        """Train on ``env`` (an env or a vector env) from now on; it must match the model's
+        observation and actions.
 
-        The episode in progress is abandoned: its last steps enter the replay as truncated, and
-        the next :meth:`learn` resets ``env``. As in SB3, only the env the model was built with
+        The episodes in progress are abandoned: their last steps enter the replay as truncated,
+        and the next :meth:`learn` resets ``env``. As in SB3, only the env the model was built with
         is seeded by ``seed``: call ``env.reset(seed=...)`` first for a run that repeats.
 
         Raises:
@@ -354,10 +412,10 @@ class DDQN(Learner):
         """
         if isinstance(env, str):
             env = gym.make(env)
-        if not isinstance(env, gym.Env):
+        if not isinstance(env, gym.Env | gym.vector.VectorEnv):
             raise ValueError(
-                f"DDQN trains on one gymnasium.Env, got {type(env).__name__}; pass the env "
-                "itself, not a vectorised env"
+                f"DDQN trains on a gymnasium.Env or gymnasium.vector.VectorEnv, got "
+                f"{type(env).__name__}; pass the Gymnasium env, not an SB3 VecEnv"
             )
         spec = _EnvSpec.of(env, "compact" if self._spec.compact_size is not None else "raw")
         if spec != self._spec:
@@ -367,6 +425,7 @@ class DDQN(Learner):
         super().set_env(env)
         action_masks = getattr(env.unwrapped, "action_masks", None)
         self._action_masks = action_masks if callable(action_masks) else None
+        self._all_valid = np.ones((self.num_envs, self.candidate_shape[0]), dtype=bool)
 
     @staticmethod
     def _check_compact(env: gym.Env, compact: np.ndarray, obs: np.ndarray) -> None:
@@ -381,9 +440,9 @@ class DDQN(Learner):
     # ------------------------------------------------------------------ acting
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Q-values ``[B, K]`` of candidate rows ``[B, K, F]``."""
-        with torch.no_grad():
+        with torch.inference_mode():
             q = self.q_net(torch.as_tensor(rows, dtype=torch.float32, device=self.device))
-        return q.cpu().numpy()
+            return q.cpu().numpy()
 
     @property
     def tie_break_rng(self) -> None:
@@ -424,17 +483,31 @@ class DDQN(Learner):
         valid = np.flatnonzero(mask)
         return self._rng.choice(valid) if valid.size else self._rng.integers(mask.size)
 
-    def _act(self, obs: np.ndarray, progress: float) -> int:
-        """Uniform random before ``learning_starts``, then ε-greedy; valid actions only."""
+    def _act(self, obs: np.ndarray, progress: float) -> np.ndarray:
+        """Uniform random before ``learning_starts``, then ε-greedy; valid actions only.
+
+        One forward pass scores the sub-envs that act greedily. Sub-envs about to autoreset
+        ignore their action and draw nothing, so a vector env of one draws what a single env
+        does.
+        """
         self.exploration_rate = self._exploration_schedule(progress)
-        mask = self._current_mask()
-        if (
-            self.num_timesteps < self.config.learning_starts
-            or self._rng.random() < self.exploration_rate
-        ):
-            return int(self._random_action(mask))
-        rows = obs.reshape(1, -1, self.candidate_shape[1])
-        return int(masked_argmax(self.scores(rows), mask[None])[0])
+        masks = self._masks
+        n = len(obs)
+        acting = ~self._starting
+        explore = acting.copy()
+        if self.num_timesteps >= self.config.learning_starts:
+            explore[acting] = self._rng.random(int(acting.sum())) < self.exploration_rate
+        greedy = acting & ~explore
+        actions = np.zeros(n, dtype=np.int64)
+        if greedy.any():
+            rows = obs.reshape(n, -1, self.candidate_shape[1])
+            if greedy.all():
+                actions[:] = masked_argmax(self.scores(rows), masks)
+            else:
+                actions[greedy] = masked_argmax(self.scores(rows[greedy]), masks[greedy])
+        for e in np.flatnonzero(explore).tolist():
+            actions[e] = self._random_action(masks[e])
+        return actions
 
     def _exploration_schedule(self, progress: float) -> float:
         """ε falls linearly from the initial to the final value over ``exploration_fraction``."""
@@ -444,84 +517,101 @@ class DDQN(Learner):
             c.exploration_final_eps - c.exploration_initial_eps
         )
 
-    def _current_mask(self) -> np.ndarray:
+    def _current_masks(self) -> np.ndarray:
+        """``[N, K]`` valid actions now: a vector env's ``info["action_mask"]`` (both kinds
+        batch it), a single env's ``action_masks()``, else every slot."""
+        if self.is_vector:
+            masks = self._last_info.get("action_mask")
+            return self._all_valid if masks is None else np.asarray(masks, dtype=bool)
         if self._action_masks is None:
-            return np.ones(self.candidate_shape[0], dtype=bool)
-        return np.asarray(self._action_masks(), dtype=bool)
+            return self._all_valid
+        return np.asarray(self._action_masks(), dtype=bool)[None]
 
     # ------------------------------------------------------------------ the replay step
     def _on_reset(self, obs: np.ndarray) -> None:
-        self._last_stored = self._replay_state(obs)
+        self._last_stored = self._replay_states(obs)
+        self._masks = self._current_masks()
         if self._spec.compact_size is not None and self._compact_probe is None:
-            assert self.env is not None and self._last_obs is not None
-            probe = (self._last_stored.copy(), self._last_obs.copy())
+            assert self.env is not None
+            probe = (self._last_stored[0].copy(), obs[0].copy())
             self._check_compact(self.env, *probe)
             self._compact_probe = probe
 
-    def _replay_state(self, obs: np.ndarray) -> np.ndarray:
-        """What the replay keeps of the env's current state: ids (compact) or the observation."""
+    def _replay_states(self, obs: np.ndarray) -> np.ndarray:
+        """What the replay keeps of each sub-env's current state, ``[N, ...]``: ids (compact)
+        or the observation."""
         if self._spec.compact_size is not None:
             assert self.env is not None
-            return np.asarray(_compact_env(self.env).compact_state(), dtype=np.int64).copy()
+            compact = _compact_env(self.env).compact_state()
+            return np.array(compact, dtype=np.int64).reshape(self.num_envs, -1)
         return np.array(obs, dtype=np.float32)
 
     def _on_transition(
         self,
-        action: int,
-        reward: float,
+        actions: np.ndarray,
+        rewards: np.ndarray,
         new_obs: np.ndarray,
-        terminated: bool,
-        truncated: bool,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        starting: np.ndarray,
         progress: float,
     ) -> None:
-        """Hand the previous step to the replay and hold this one back unless it ends the episode.
+        """Per sub-env, hand its previous step to the replay (its own n-step stream) and hold
+        this one back unless it ends the episode; an autoreset only starts the next episode.
 
         A step is held back because the replay can close an episode only through a step: if the
         episode is abandoned (new env, resumed run, reset), the held step closes it as truncated.
         """
-        stored = self._replay_state(new_obs)
-        if self._pending is not None:
-            self.replay_buffer.add(**self._pending, terminated=False, truncated=False)
-        step: dict[str, Any] = {
-            "obs": self._last_stored,
-            "action": action,
-            "reward": reward,
-            "next_obs": stored,
-            "next_action_mask": self._current_mask(),
-        }
-        if terminated or truncated:
-            self.replay_buffer.add(**step, terminated=terminated, truncated=truncated)
-            self._pending = None
-        else:
-            self._pending = step
+        assert self._last_stored is not None
+        stored = self._replay_states(new_obs)
+        masks = self._current_masks()
+        add, pending = self.replay_buffer.add, self._pending
+        for e in np.flatnonzero(~starting).tolist():
+            held = pending[e]
+            if held is not None:
+                add(**held, terminated=False, truncated=False, stream=e)
+            step: dict[str, Any] = {
+                "obs": self._last_stored[e],
+                "action": int(actions[e]),
+                "reward": float(rewards[e]),
+                "next_obs": stored[e],
+                "next_action_mask": masks[e],
+            }
+            if terminated[e] or truncated[e]:
+                add(**step, terminated=bool(terminated[e]), truncated=bool(truncated[e]), stream=e)
+                pending[e] = None
+            else:
+                pending[e] = step
         self._last_stored = stored
+        self._masks = masks  # the next _act's
 
     def _abandon_episode(self) -> None:
-        if self._pending is not None:
-            self.replay_buffer.add(**self._pending, terminated=False, truncated=True)
+        for e, held in enumerate(self._pending):
+            if held is not None:
+                self.replay_buffer.add(**held, terminated=False, truncated=True, stream=e)
         super()._abandon_episode()
 
     def _forget_episode(self) -> None:
         super()._forget_episode()
         self._last_stored = None
-        self._pending = None
+        self._pending = [None] * self.num_envs
 
     # ------------------------------------------------------------------ the update
     def _on_step_taken(self, callback: BaseCallback, progress: float) -> None:
         """Train every ``train_freq`` steps after ``learning_starts``; hard target copies."""
         c = self.config
-        if (
-            self.num_timesteps > c.learning_starts
-            and self.num_timesteps % c.train_freq == 0
-            and len(self.replay_buffer) > 0
-        ):
+        # The multiples of train_freq this step passed (N env steps on a vector env).
+        now, before = self.num_timesteps, self.num_timesteps - self.num_envs
+        rounds = now // c.train_freq - max(before, c.learning_starts) // c.train_freq
+        if now > c.learning_starts and rounds > 0 and len(self.replay_buffer) > 0:
             callback.on_rollout_end()
-            steps = c.train_freq if c.gradient_steps == -1 else c.gradient_steps
+            steps = rounds * (c.train_freq if c.gradient_steps == -1 else c.gradient_steps)
             beta = c.per_beta0 + (1.0 - c.per_beta0) * progress
             for _ in range(steps):
                 self._train_step(beta)
             callback.on_rollout_start()
-        if c.target_update == "hard" and self.num_timesteps % c.target_update_interval == 0:
+        interval = c.target_update_interval
+        if c.target_update == "hard" and now // interval > before // interval:
             self.q_net_target.load_state_dict(self.q_net.state_dict())
 
     def _train_step(self, beta: float) -> None:
@@ -579,7 +669,8 @@ class DDQN(Learner):
         """The env, if replay is compact and it reports candidates' rewards; else None."""
         if self._spec.compact_size is None or self.env is None:
             return None
-        base = self.env.unwrapped
+        # Every sub-env of a vector env reads the same store with the same reward function.
+        base = _single_base(self.env)
         if not callable(getattr(base, "candidate_rewards", None)):
             return None
         return cast(RewardOracleEnv, base)
@@ -728,7 +819,12 @@ class DDQN(Learner):
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".zip")
-        env_rng = None if self.env is None else self.env.unwrapped.np_random.bit_generator.state
+        # A vector env's sub-envs have generators of their own: a resumed vector run reseeds.
+        env_rng = (
+            None
+            if self.env is None or self.is_vector
+            else self.env.unwrapped.np_random.bit_generator.state
+        )
         state = {
             "version": _CHECKPOINT_VERSION,
             "config": asdict(self.config),
@@ -797,10 +893,10 @@ class DDQN(Learner):
             model._episode_window[key].extend(state["episode_window"][key])
         if state["replay"] is not None:
             model.replay_buffer.load_state_dict(_to_arrays(state["replay"]))
-            model._pending = _to_arrays(state["pending"])
+            model._pending = _pending_steps(state["pending"])
         if env is not None:
             model.set_env(env)
-            if state["env_rng"] is not None:
+            if state["env_rng"] is not None and not model.is_vector:
                 assert model.env is not None  # set just above
                 bit_generator = np.random.PCG64()
                 bit_generator.state = state["env_rng"]
@@ -826,7 +922,13 @@ class DDQN(Learner):
         """Restore a replay buffer written by :meth:`save_replay_buffer` (no code runs)."""
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.replay_buffer.load_state_dict(_to_arrays(state["replay"]))
-        self._pending = _to_arrays(state["pending"])
+        self._pending = _pending_steps(state["pending"])
+
+
+def _pending_steps(saved: Any) -> list[dict[str, Any] | None]:
+    """The held-back steps of a checkpoint, one per sub-env (a single env's: one, or None)."""
+    steps = _to_arrays(saved)
+    return steps if isinstance(steps, list) else [steps]
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:

@@ -7,6 +7,13 @@ the counters of :class:`TrainingState`, the window of finished episodes read fro
 (:meth:`Learner._act`), what it does with a transition (:meth:`Learner._on_transition`) and what
 it logs beyond the shared keys (:meth:`Learner._record_extra`). The DDQN and the rollout
 learners (heuristics, the supervised ablation) are the two subclasses.
+
+The loop is batched: it acts in N sub-envs at once, N = 1 for a plain ``gym.Env`` and
+``num_envs`` for a Gymnasium ``VectorEnv`` in its ``NEXT_STEP`` autoreset mode (``SyncVectorEnv``,
+``AsyncVectorEnv``, the native MiSiCAL vector env). ``num_timesteps`` counts env steps, N per
+vector step, as SB3 does. A single env is reset by the loop when its episode ends; a vector env
+resets a sub-env itself at the step after its end, and that step (the first observation of the
+next episode, reward 0) is no transition: the subclass sees it as a start, not a step.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from tqdm.auto import tqdm
 
 from misical_gym.agents.logger import run_logger
 from misical_gym.envs.wrappers import with_statistics
+
+Env = gym.Env | gym.vector.VectorEnv
 
 Callback = (
     BaseCallback
@@ -96,10 +105,14 @@ class Learner:
         self.verbose = verbose
         self.stats_window_size = stats_window_size
         self.state = TrainingState()
-        self.env: gym.Env | None = None
+        self.env: Any = None
+        self.num_envs = 1
         self._logger: Logger | None = None
+        # The batch [N, *obs_shape] of the sub-envs' current observations (None: reset first),
+        # the last info, and the sub-envs whose next step is Gymnasium's autoreset.
         self._last_obs: np.ndarray | None = None
         self._last_info: dict[str, Any] = {}
+        self._starting = np.zeros(1, dtype=bool)
         self._reset_seed: int | None = None
         self._reset_episode_window()
 
@@ -127,14 +140,23 @@ class Learner:
             self._logger = run_logger(self.verbose)
         return self._logger
 
-    def get_env(self) -> gym.Env | None:
-        """The training env (a plain Gymnasium env, not an SB3 VecEnv)."""
+    def get_env(self) -> Any:
+        """The training env: a Gymnasium env or ``VectorEnv`` (not an SB3 VecEnv)."""
         return self.env
 
-    def set_env(self, env: gym.Env) -> None:
-        """Train on ``env`` from now on; the episode in progress is abandoned."""
+    def set_env(self, env: Env) -> None:
+        """Train on ``env`` (an env or a vector env) from now on; the episodes in progress are
+        abandoned."""
         self._abandon_episode()
         self.env = with_statistics(env)
+        self.num_envs = env.num_envs if isinstance(env, gym.vector.VectorEnv) else 1
+        self._starting = np.zeros(self.num_envs, dtype=bool)
+        self._forget_episode()  # sized for the new env
+
+    @property
+    def is_vector(self) -> bool:
+        """Whether the training env is a Gymnasium ``VectorEnv``."""
+        return isinstance(self.env, gym.vector.VectorEnv)
 
     # ------------------------------------------------------------------ the loop
     def learn(
@@ -170,32 +192,43 @@ class Learner:
         callback.on_training_start(locals(), globals())
         bar = tqdm(total=total_timesteps, disable=not progress_bar, unit="step", desc=tb_log_name)
         callback.on_rollout_start()
+        n = self.num_envs
         while self.num_timesteps < self._total_timesteps:
             if self._last_obs is None:
                 self._reset_env()
             assert self._last_obs is not None
             progress = self.num_timesteps / self._total_timesteps
-            action = self._act(self._last_obs, progress)
-            new_obs, reward, terminated, truncated, info = self.env.step(action)
-            self.num_timesteps += 1
-            bar.update()
-            self._on_transition(action, float(reward), new_obs, terminated, truncated, progress)
+            actions = self._act(self._last_obs, progress)
+            new_obs, rewards, terminated, truncated, info = self._step_env(actions)
+            self.num_timesteps += n
+            bar.update(n)
+            self._last_info = info  # the masks at new_obs, for the subclass
+            starting = self._starting
+            self._on_transition(
+                actions, rewards, new_obs, terminated, truncated, starting, progress
+            )
             self._on_step_taken(callback, progress)
-            self._last_obs, self._last_info = np.asarray(new_obs, dtype=np.float32), info
-            done = terminated or truncated
+            self._last_obs = new_obs
+            dones = terminated | truncated
             callback.update_locals(
                 {
                     "new_obs": new_obs,
-                    "actions": np.array([action]),
-                    "rewards": np.array([reward]),
-                    "dones": np.array([done]),
-                    "infos": [info],
+                    "actions": actions,
+                    "rewards": rewards,
+                    "dones": dones,
+                    "infos": _unbatched(info, n) if self.is_vector else [info],
                 }
             )
             if not callback.on_step():
                 break
-            if done:
-                self._end_episode(info["episode"], log_interval)
+            if dones.any():
+                episodes = info["episode"]
+                for e in np.flatnonzero(dones).tolist():
+                    episode = _entry(episodes, e) if self.is_vector else episodes
+                    self._end_episode(episode, log_interval)
+                if not self.is_vector:
+                    self._forget_episode()  # the loop resets a single env
+            self._starting = dones
         bar.close()
         callback.on_rollout_end()
         callback.on_training_end()
@@ -235,7 +268,7 @@ class Learner:
         return callback
 
     def _reset_env(self) -> None:
-        """Start an episode; the first reset of the run is seeded."""
+        """Start an episode in every sub-env; the first reset of the run is seeded."""
         assert self.env is not None
         self._abandon_episode()
         if self.continues_episodes:
@@ -244,15 +277,43 @@ class Learner:
             seed, self._reset_seed = self._reset_seed, None
         obs, self._last_info = self.env.reset(seed=seed)
         self.state.env_seeded = True
-        self._last_obs = np.asarray(obs, dtype=np.float32)
-        self._on_reset(obs)
+        self._last_obs = self._batched(obs)
+        self._starting = np.zeros(self.num_envs, dtype=bool)
+        self._on_reset(self._last_obs)
+
+    def _batched(self, obs: Any) -> np.ndarray:
+        """``[N, *obs_shape]`` float32 observations of the env's (one or a batch)."""
+        obs = np.asarray(obs, dtype=np.float32)
+        return obs if self.is_vector else obs[None]
+
+    def _step_env(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every sub-env; everything as arrays of N, the info as the env returns it."""
+        assert self.env is not None
+        if self.is_vector:
+            obs, rewards, terminated, truncated, info = self.env.step(actions)
+            return (
+                self._batched(obs),
+                np.asarray(rewards, dtype=np.float64),
+                np.asarray(terminated, dtype=bool),
+                np.asarray(truncated, dtype=bool),
+                info,
+            )
+        obs, reward, terminated, truncated, info = self.env.step(int(actions[0]))
+        return (
+            self._batched(obs),
+            np.array([reward], dtype=np.float64),
+            np.array([terminated]),
+            np.array([truncated]),
+            info,
+        )
 
     def _end_episode(self, episode: dict[str, Any], log_interval: int) -> None:
         """Record the finished episode and log every ``log_interval`` episodes."""
         for key in EPISODE_KEYS:
             self._episode_window[key].append(episode[key])
         self.state.episode_num += 1
-        self._forget_episode()
         if log_interval and self.state.episode_num % log_interval == 0:
             self._dump_logs()
 
@@ -285,23 +346,26 @@ class Learner:
         self.logger.dump(step=self.num_timesteps)
 
     # ------------------------------------------------------------------ what subclasses define
-    def _act(self, obs: np.ndarray, progress: float) -> int:
-        """The action to take in ``obs``; ``progress`` is the share of this call done."""
+    def _act(self, obs: np.ndarray, progress: float) -> np.ndarray:
+        """The ``[N]`` actions to take in ``obs`` ``[N, *obs_shape]``; ``progress`` is the share
+        of this call done."""
         raise NotImplementedError
 
     def _on_reset(self, obs: np.ndarray) -> None:
-        """Called after every reset of the training env."""
+        """Called after every reset of the whole training env, with ``[N, *obs_shape]``."""
 
     def _on_transition(
         self,
-        action: int,
-        reward: float,
+        actions: np.ndarray,
+        rewards: np.ndarray,
         new_obs: np.ndarray,
-        terminated: bool,
-        truncated: bool,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        starting: np.ndarray,
         progress: float,
     ) -> None:
-        """Called after every env step with the transition it made."""
+        """Called after every env step with ``[N]`` arrays; where ``starting`` is True the
+        sub-env was autoreset: ``new_obs`` is its first observation, and no transition."""
 
     def _on_step_taken(self, callback: BaseCallback, progress: float) -> None:
         """Called after :meth:`_on_transition`, before the callbacks see the step (training)."""
@@ -311,3 +375,26 @@ class Learner:
 
     def _record_extra(self) -> None:
         """Record the subclass's own keys before a log write."""
+
+
+def _entry(batched: dict[str, Any], e: int) -> dict[str, Any]:
+    """Sub-env ``e``'s values of a vector env's info dict (Python scalars where they are)."""
+    return {
+        key: value[e].item() if isinstance(value, np.ndarray) and value.ndim == 1 else value[e]
+        for key, value in batched.items()
+        if not key.startswith("_")
+    }
+
+
+def _unbatched(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """A vector env's info dict as SB3's list of one dict per sub-env: each key that the
+    sub-env carries (Gymnasium's ``"_key"`` masks), nested dicts (``"episode"``) included."""
+    infos: list[dict[str, Any]] = [{} for _ in range(n)]
+    for key, value in info.items():
+        if key.startswith("_"):
+            continue
+        present = info.get(f"_{key}")
+        for e in range(n):
+            if present is None or present[e]:
+                infos[e][key] = _entry(value, e) if isinstance(value, dict) else value[e]
+    return infos

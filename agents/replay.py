@@ -2,11 +2,18 @@
 
 Storage is one ring of ``capacity`` slots, each a single record: an observation, the valid-action
 mask at that observation and, if a step was taken from it, the step's action, n-step return,
-discount and bootstrap offset ``k``. The step's bootstrap observation is simply slot ``s + k``:
+discount and bootstrap offset ``d``. The step's bootstrap observation is simply slot ``s + d``:
 the observation of the step ``k`` later or, at an episode end, one extra slot holding the
 episode's final ``next_obs``. Every observation is therefore stored once, ``next_obs`` costs
 memory only at episode ends, and a sampled transition is read from two nearby records, which is
 what makes sampling from a large buffer fast (one cache miss per record, not one per field).
+
+The buffer takes interleaved episode streams (``add(..., stream=i)``, one per sub-env of a
+vector env, made on first use):
+each stream's steps take the next free slot as they come, so with one stream ``d`` equals the
+window length ``k``, and with N streams stepped together it is about ``N * k``. Slots are
+allocated in order, so a step's bootstrap slot is always newer than the step and is never
+overwritten first.
 
 A step becomes sampleable (enters the tree at the running max priority) only once its n-step
 window is closed: ``n_step`` steps have followed it in its episode, or its episode has ended.
@@ -23,7 +30,9 @@ from numba import njit
 
 from misical_gym.agents.sum_tree import SumTree
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+"""Version 2 has per-stream write state and a two-byte bootstrap offset; version 1 states are
+refused."""
 
 
 class ReplaySample(NamedTuple):
@@ -55,6 +64,12 @@ class ReplaySample(NamedTuple):
     indices: np.ndarray
 
 
+@njit(cache=True, inline="always")
+def _offset(row: np.ndarray, boot_at: int) -> int:
+    """The little-endian uint16 bootstrap offset of a record's bytes (0: not sampleable)."""
+    return int(row[boot_at]) | (int(row[boot_at + 1]) << 8)
+
+
 @njit(cache=True)
 def _gather_records(
     raw: np.ndarray,
@@ -70,14 +85,14 @@ def _gather_records(
     capacity, width = raw.shape
     # Sampled records first: independent loads whose cache misses overlap. ``slot`` is held in
     # a local because byte stores may alias anything and would otherwise force a reload of
-    # ``indices[i]`` per byte. A bootstrap record is at most n_step records further, usually on
-    # a cache line just loaded.
+    # ``indices[i]`` per byte. With one stream a bootstrap record is at most n_step records
+    # further, usually on a cache line just loaded.
     for i in range(indices.shape[0]):
         slot = indices[i]
         for c in range(width):
             rows[i, c] = raw[slot, c]
     for i in range(indices.shape[0]):
-        boot = indices[i] + rows[i, boot_at]
+        boot = indices[i] + _offset(rows[i], boot_at)
         if boot >= capacity:
             boot -= capacity
         for c in range(width):
@@ -113,7 +128,7 @@ def _td_priorities(
         if not np.isfinite(td_errors[i]):
             return -2, 0.0
         priorities[i] = (abs(td_errors[i]) + eps) ** alpha
-        live[i] = raw[indices[i], boot_at] > 0
+        live[i] = _offset(raw[indices[i]], boot_at) > 0
         if live[i]:
             num_live += 1
             max_priority = max(max_priority, priorities[i])
@@ -188,8 +203,10 @@ class NStepPrioritizedReplayBuffer:
                 ("discount", np.float32),
                 ("obs", self.obs_dtype, self.obs_shape),
                 ("mask", np.bool_, (self.num_actions,)),
-                # Bootstrap offset k of a sampleable step; 0 marks a slot that is not sampleable.
-                ("boot", np.uint8),
+                # Slots from a sampleable step to its bootstrap observation; 0: not sampleable.
+                ("boot", "<u2"),
+                # Slots from a taken step to its stream's next observation (1 with one stream).
+                ("succ", "<u2"),
             ],
             align=True,
         )
@@ -204,13 +221,21 @@ class NStepPrioritizedReplayBuffer:
         self._num_sampleable = 0
         self._rng = np.random.default_rng()
 
-        # Write state: the slot of the next step's observation, whether that slot already holds
-        # it (the previous step's next_obs), and the rewards of the steps whose window is open.
-        self._cursor = 0
-        self._in_episode = False
-        self._open_rewards: list[float] = []
+        # Write state: the next slot to allocate and, per stream, the slot of its current
+        # observation (-1 between episodes) and the slots and rewards of its open windows.
+        # Pinned slots (current and open) must not be reallocated before they close.
+        self._head = 0
+        self._cursors = [-1]
+        self._open_slots: list[list[int]] = [[]]
+        self._open_rewards: list[list[float]] = [[]]
+        self._pinned = np.zeros(self.capacity, dtype=bool)
         self._all_valid = np.ones(self.num_actions, dtype=bool)
         self._is_float = self.obs_dtype.kind in "fc"
+
+    @property
+    def num_streams(self) -> int:
+        """Episode streams used so far (at least one)."""
+        return len(self._cursors)
 
     def __len__(self) -> int:
         """Number of sampleable transitions."""
@@ -230,11 +255,12 @@ class NStepPrioritizedReplayBuffer:
         terminated: bool,
         truncated: bool,
         next_action_mask: np.ndarray | None = None,
+        stream: int = 0,
     ) -> None:
-        """Store one environment step.
+        """Store one environment step of episode stream ``stream``.
 
-        Within an episode, ``obs`` must equal the previous call's ``next_obs``; after a call
-        with ``terminated`` or ``truncated``, the next call starts a new episode.
+        Within an episode, ``obs`` must equal the stream's previous ``next_obs``; after a call
+        with ``terminated`` or ``truncated``, the stream's next call starts a new episode.
 
         Args:
             obs: Observation the action was taken in.
@@ -245,10 +271,13 @@ class NStepPrioritizedReplayBuffer:
             truncated: The episode was cut off (bootstrap from ``next_obs``).
             next_action_mask: ``[num_actions]`` bool valid actions at ``next_obs``; all valid
                 when omitted.
+            stream: The episode stream, a non-negative integer; a new one starts empty. Every
+                stream's open windows stay in the buffer, so ``capacity`` must exceed
+                ``n_step`` slots per stream.
 
         Raises:
-            ValueError: On a shape mismatch, an action out of range, a non-finite reward or an
-                ``obs`` that does not continue the episode.
+            ValueError: On a shape mismatch, an action or stream out of range, a non-finite
+                reward or an ``obs`` that does not continue the episode.
         """
         obs = self._check_obs(obs, "obs")
         next_obs = self._check_obs(next_obs, "next_obs")
@@ -266,13 +295,19 @@ class NStepPrioritizedReplayBuffer:
         reward = float(reward)
         if not np.isfinite(reward):
             raise ValueError(f"reward must be finite, got {reward}")
+        if not 0 <= stream <= np.iinfo(np.uint16).max:
+            raise ValueError(f"stream must be a non-negative 16-bit integer, got {stream}")
+        while stream >= self.num_streams:
+            self._cursors.append(-1)
+            self._open_slots.append([])
+            self._open_rewards.append([])
 
         # Tree writes of this step (slots leaving and entering the tree), applied as one batch.
         tree_slots: list[int] = []
         tree_priorities: list[float] = []
         slots = self._slots
-        slot = self._cursor
-        if self._in_episode:
+        slot = self._cursors[stream]
+        if slot >= 0:
             stored = slots["obs"][slot]
             if not ((stored == obs).all() or np.array_equal(stored, obs, equal_nan=self._is_float)):
                 raise ValueError(
@@ -280,30 +315,34 @@ class NStepPrioritizedReplayBuffer:
                     "end the episode; pass terminated or truncated at episode ends"
                 )
         else:
-            self._invalidate(slot, tree_slots, tree_priorities)
+            slot = self._allocate(tree_slots, tree_priorities)
             slots["obs"][slot] = obs
         slots["action"][slot] = action
-        next_slot = (slot + 1) % self.capacity
-        self._invalidate(next_slot, tree_slots, tree_priorities)
+        next_slot = self._allocate(tree_slots, tree_priorities)
+        slots["succ"][slot] = (next_slot - slot) % self.capacity
         slots["obs"][next_slot] = next_obs
         slots["mask"][next_slot] = mask
 
-        self._open_rewards.append(reward)
+        open_slots, open_rewards = self._open_slots[stream], self._open_rewards[stream]
+        open_slots.append(slot)
+        open_rewards.append(reward)
         if terminated or truncated:
             # Close every open window; each ends here with its true length k.
-            first = slot - len(self._open_rewards) + 1
-            for j in range(len(self._open_rewards)):
-                self._close((first + j) % self.capacity, j, terminated, tree_slots, tree_priorities)
-            self._open_rewards.clear()
-            self._cursor = (next_slot + 1) % self.capacity
-            self._in_episode = False
+            for j, start in enumerate(open_slots):
+                self._close(
+                    start, next_slot, open_rewards[j:], terminated, tree_slots, tree_priorities
+                )
+            open_slots.clear()
+            open_rewards.clear()
+            self._pinned[next_slot] = False
+            self._cursors[stream] = -1
         else:
-            if len(self._open_rewards) == self.n_step:
-                first = (slot - self.n_step + 1) % self.capacity
-                self._close(first, 0, False, tree_slots, tree_priorities)
-                del self._open_rewards[0]
-            self._cursor = next_slot
-            self._in_episode = True
+            if len(open_rewards) == self.n_step:
+                self._close(
+                    open_slots[0], next_slot, open_rewards, False, tree_slots, tree_priorities
+                )
+                del open_slots[0], open_rewards[0]
+            self._cursors[stream] = next_slot
         if tree_slots:
             self._tree.update(np.array(tree_slots), np.array(tree_priorities))
 
@@ -367,9 +406,17 @@ class NStepPrioritizedReplayBuffer:
             outside the window and mean nothing.
         """
         indices = np.asarray(indices, dtype=np.int64)
-        slots = (indices[:, None] + np.arange(self.n_step)) % self.capacity
+        # Follow each window's stream from step to step (other streams' slots lie between them)
+        # and count its steps up to the bootstrap slot.
+        slots = np.empty((indices.size, self.n_step), dtype=np.int64)
+        slots[:, 0] = indices
+        for j in range(1, self.n_step):
+            slots[:, j] = (slots[:, j - 1] + self._slots["succ"][slots[:, j - 1]]) % self.capacity
+        boot = (indices + self._slots["boot"][indices]) % self.capacity
+        reached = slots[:, 1:] == boot[:, None]
+        lengths = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, self.n_step)
         records = self._slots[slots]
-        return records["obs"], records["action"], self._slots["boot"][indices].astype(np.int64)
+        return records["obs"], records["action"], lengths
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """Set priorities ``(|td_error| + eps) ** alpha`` and raise the running max priority.
@@ -414,9 +461,10 @@ class NStepPrioritizedReplayBuffer:
             "slots": self._raw.copy(),
             "tree": self._tree.state_dict(),
             "max_priority": self._max_priority,
-            "cursor": self._cursor,
-            "in_episode": self._in_episode,
-            "open_rewards": list(self._open_rewards),
+            "head": self._head,
+            "cursors": list(self._cursors),
+            "open_slots": [list(slots) for slots in self._open_slots],
+            "open_rewards": [list(rewards) for rewards in self._open_rewards],
             "rng": self._rng.bit_generator.state,
         }
 
@@ -447,9 +495,26 @@ class NStepPrioritizedReplayBuffer:
         sampleable = slots["boot"] > 0
         if np.any((tree[np.arange(self.capacity)] > 0) != sampleable):
             raise ValueError("replay state's priorities do not match its sampleable slots")
-        cursor, open_rewards = int(state["cursor"]), [float(r) for r in state["open_rewards"]]
-        if not 0 <= cursor < self.capacity or len(open_rewards) >= self.n_step:
+        head = int(state["head"])
+        cursors = [int(c) for c in state["cursors"]]
+        open_slots = [[int(s) for s in stream] for stream in state["open_slots"]]
+        open_rewards = [[float(r) for r in stream] for stream in state["open_rewards"]]
+        streams = (cursors, open_slots, open_rewards)
+        if (
+            not 0 <= head < self.capacity
+            or not cursors
+            or any(len(part) != len(cursors) for part in streams)
+            or any(not -1 <= c < self.capacity for c in cursors)
+            or any(
+                len(s) != len(r) or len(s) >= self.n_step or (s and c < 0)
+                for c, s, r in zip(*streams, strict=True)
+            )
+            or any(not 0 <= slot < self.capacity for stream in open_slots for slot in stream)
+        ):
             raise ValueError("replay state has an invalid write position or pending window")
+        pinned = np.zeros(self.capacity, dtype=bool)
+        pinned[[c for c in cursors if c >= 0]] = True
+        pinned[[slot for stream in open_slots for slot in stream]] = True
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng"]
 
@@ -458,9 +523,11 @@ class NStepPrioritizedReplayBuffer:
         self._tree = tree
         self._max_priority = float(state["max_priority"])
         self._num_sampleable = int(sampleable.sum())
-        self._cursor = cursor
-        self._in_episode = bool(state["in_episode"])
+        self._head = head
+        self._cursors = cursors
+        self._open_slots = open_slots
         self._open_rewards = open_rewards
+        self._pinned = pinned
         self._rng = rng
 
     def _config(self) -> dict[str, Any]:
@@ -484,30 +551,46 @@ class NStepPrioritizedReplayBuffer:
             raise ValueError(f"{name} of dtype {obs.dtype} cannot be stored as {self.obs_dtype}")
         return obs.astype(self.obs_dtype, copy=False)
 
-    def _invalidate(self, slot: int, tree_slots: list[int], tree_priorities: list[float]) -> None:
-        """Make ``slot`` unsampleable before its contents are overwritten."""
+    def _allocate(self, tree_slots: list[int], tree_priorities: list[float]) -> int:
+        """The next slot, pinned, with the step it held made unsampleable."""
+        slot = self._head
+        if self._pinned[slot]:  # only when a stream's open window is a whole ring old
+            raise ValueError(
+                f"the replay's {self.capacity} slots cannot hold the open windows of its "
+                f"{self.num_streams} streams; enlarge capacity or step every stream regularly"
+            )
+        self._head = (slot + 1) % self.capacity
+        self._pinned[slot] = True
         if self._slots["boot"][slot]:
             self._slots["boot"][slot] = 0
             self._num_sampleable -= 1
             tree_slots.append(slot)
             tree_priorities.append(0.0)
+        return slot
 
     def _close(
         self,
         slot: int,
-        first: int,
+        boot_slot: int,
+        rewards: list[float],
         terminated: bool,
         tree_slots: list[int],
         tree_priorities: list[float],
     ) -> None:
-        """Close the window of the step in ``slot``, whose rewards are ``open_rewards[first:]``."""
-        rewards = self._open_rewards[first:]
+        """Close the window of the step in ``slot``: ``rewards``, then ``boot_slot``'s state."""
         ret = 0.0
         for reward in reversed(rewards):
             ret = reward + self.gamma * ret
+        offset = (boot_slot - slot) % self.capacity
+        if offset > np.iinfo(np.uint16).max:
+            raise ValueError(
+                f"a bootstrap {offset} slots after its step does not fit the record's offset; "
+                "use fewer streams"
+            )
         self._slots["return"][slot] = ret
         self._slots["discount"][slot] = 0.0 if terminated else self.gamma ** len(rewards)
-        self._slots["boot"][slot] = len(rewards)
+        self._slots["boot"][slot] = offset
+        self._pinned[slot] = False
         self._num_sampleable += 1
         tree_slots.append(slot)
         tree_priorities.append(self._max_priority)

@@ -36,6 +36,7 @@ class RolloutLearner(Learner):
     ) -> None:
         super().__init__(seed, tensorboard_log, verbose)
         self.rng = np.random.default_rng(seed)
+        _refuse_vector(env)
         base = unwrap_misical(env)
         self.candidate_shape: tuple[int, int] = base.candidate_shape
         self.feature_names: tuple[str, ...] = tuple(base.feature_names)
@@ -62,6 +63,7 @@ class RolloutLearner(Learner):
         return greedy_actions(self, observation, action_masks, self.tie_break_rng)[0], None
 
     def set_env(self, env: gym.Env) -> None:
+        _refuse_vector(env)
         shape = unwrap_misical(env).candidate_shape
         if shape != self.candidate_shape:
             raise ValueError(
@@ -78,16 +80,25 @@ class RolloutLearner(Learner):
     def finish_learning(self) -> None:
         """Called at the end of :meth:`learn`; heuristics have nothing to fit."""
 
-    def _act(self, obs: np.ndarray, progress: float) -> int:
+    def _act(self, obs: np.ndarray, progress: float) -> np.ndarray:
         assert self.env is not None
-        action, _ = self.predict(obs, action_masks=unwrap_misical(self.env).action_masks())
+        action, _ = self.predict(obs[0], action_masks=unwrap_misical(self.env).action_masks())
         info = self._last_info
-        rows = obs.reshape(self.candidate_shape)
+        rows = obs[0].reshape(self.candidate_shape)
         self.observe(rows, info["candidate_ids"], int(action), int(info["target_class"]))
-        return int(action)
+        return np.array([action])
 
     def _on_learn_end(self) -> None:
         self.finish_learning()
         if self._episode_window["r"]:
             self._dump_logs()
         self.logger.close()
+
+
+def _refuse_vector(env: object) -> None:
+    """Rollouts play one episode at a time: a vector env is refused, not stepped in part."""
+    if isinstance(env, gym.vector.VectorEnv):
+        raise ValueError(
+            "heuristics and the supervised ablation learn on one env, not a vector env; pass "
+            "gym.make(...) (only the DDQN trains on vector envs)"
+        )

@@ -1,4 +1,12 @@
-"""DDQN gradient updates per second at batch 64, against SB3 DQN's ``train()``, plus replay memory.
+"""The DDQN's speed against SB3's DQN: end-to-end ``learn()`` env-steps/s, gradient updates/s.
+
+End to end: ``DDQN.learn(S)`` against SB3 ``DQN.learn(S)`` (SB3's default ``MlpPolicy``) on the
+same env with the same schedule (:data:`SCHEDULE`: a training round of one gradient step every
+4 env steps, SB3's default, batch 64, 200 random steps first, a 10,000-transition buffer, 3-step
+returns, one torch thread), on the synthetic store (``MiSiCAL-Synthetic``, prepared on first
+use) and on a COCO-10k-shaped random store (171 classes). The two take turns, one run each per
+repeat; the ratio is the median of per-repeat ratios. The DDQN also runs on the native vector
+env with N = 1, 8 and 32 sub-envs (COCO-10k shape, the same schedule and env steps).
 
 One gradient update of the DDQN is everything ``_train_step`` does: a prioritized sample, the
 rebuild of its observations from the store (compact replay), the Double DQN target, the Huber
@@ -20,7 +28,8 @@ Contenders take turns, one timed block each per repeat; rates are medians over r
 ratios medians of per-repeat ratios. Also reports replay bytes per transition in both modes and
 the size of a 1,000,000-transition compact replay. Prints one JSON object.
 
-Run: ``python benchmarks/bench_ddqn.py [--iterations I] [--repeats R] [--device cpu|cuda]``
+Run: ``python benchmarks/bench_ddqn.py [--iterations I] [--repeats R] [--steps S]
+[--e2e-repeats E] [--device cpu|cuda]``
 """
 
 from __future__ import annotations
@@ -47,6 +56,15 @@ POOL_SIZE = 32
 BATCH_SIZE = 64
 N_STEP = 3
 FILL_STEPS = 5_000
+SCHEDULE = {
+    "train_freq": 4,
+    "gradient_steps": 1,
+    "batch_size": BATCH_SIZE,
+    "learning_starts": 200,
+    "buffer_size": 10_000,
+}
+"""The end-to-end schedule, shared by both learners (plus ``N_STEP``-step returns)."""
+VECTOR_SIZES = (1, 8, 32)
 
 
 def make_env(root: Path) -> gym.Env:
@@ -87,6 +105,57 @@ def sb3_contender(root: Path, width: int, device: str) -> tuple[Callable[[], Non
     return (lambda: model.train(gradient_steps=1, batch_size=BATCH_SIZE)), model
 
 
+def learn_rate(model: DDQN | DQN, steps: int) -> float:
+    """Env steps per second of ``model.learn(steps)``."""
+    start = time.perf_counter()
+    model.learn(steps)
+    return steps / (time.perf_counter() - start)
+
+
+def ddqn_learner(env: object, device: str) -> DDQN:
+    return DDQN(env, n_step=N_STEP, seed=0, device=device, **SCHEDULE)
+
+
+def sb3_learner(env: gym.Env, device: str) -> DQN:
+    return DQN("MlpPolicy", env, n_steps=N_STEP, seed=0, device=device, **SCHEDULE)
+
+
+def end_to_end(
+    make: Callable[[], gym.Env], steps: int, repeats: int, device: str
+) -> dict[str, float]:
+    """Median env-steps/s of both learners on ``make()``'s env, and their median ratio."""
+    for learner in (ddqn_learner, sb3_learner):  # warm-up: compiled kernels, caches
+        learner(make(), device).learn(SCHEDULE["learning_starts"] + 8)
+    ddqn, sb3 = [], []
+    for _ in range(repeats):
+        ddqn.append(learn_rate(ddqn_learner(make(), device), steps))
+        sb3.append(learn_rate(sb3_learner(make(), device), steps))
+    return {
+        "ddqn": round(statistics.median(ddqn), 1),
+        "sb3_dqn": round(statistics.median(sb3), 1),
+        "ratio": round(statistics.median(a / b for a, b in zip(ddqn, sb3, strict=True)), 3),
+    }
+
+
+def vector_rates(root: Path, steps: int, repeats: int, device: str) -> dict[str, float]:
+    """Median env-steps/s of ``DDQN.learn`` on the native vector env of each size."""
+    rates: dict[str, float] = {}
+    for n in VECTOR_SIZES:
+        runs = []
+        for _ in range(repeats):
+            env = gym.make_vec(
+                "MiSiCAL-Store",
+                num_envs=n,
+                vectorization_mode="vector_entry_point",
+                root=str(root),
+                pool_size=POOL_SIZE,
+                budget=32,
+            )
+            runs.append(learn_rate(ddqn_learner(env, device), steps))
+        rates[str(n)] = round(statistics.median(runs), 1)
+    return rates
+
+
 def num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -119,8 +188,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200, help="updates per timed block")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--steps", type=int, default=2048, help="env steps of each end-to-end learn() run"
+    )
+    parser.add_argument("--e2e-repeats", type=int, default=3, help="end-to-end runs per learner")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    synthetic = end_to_end(
+        lambda: gym.make("MiSiCAL-Synthetic", pool_size=POOL_SIZE, budget=32),
+        args.steps,
+        args.e2e_repeats,
+        args.device,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         store = write_random_store(
@@ -168,16 +247,27 @@ def main() -> None:
             for mode in ("compact", "raw", "compact_plain")
             for peer in ("sb3_dqn_equal_params", "sb3_dqn_equal_width")
         }
+        coco = end_to_end(lambda: make_env(store.path), args.steps, args.e2e_repeats, args.device)
+        vector = vector_rates(store.path, args.steps, args.e2e_repeats, args.device)
         compact_bytes = contenders["ddqn_compact"][1].replay_buffer.memory_bytes_per_transition
         raw_bytes = contenders["ddqn_raw"][1].replay_buffer.memory_bytes_per_transition
         result = {
-            "benchmark": "ddqn_gradient_updates_per_second",
+            "benchmark": "ddqn_speed",
+            "end_to_end": {
+                "what": "env steps/s of learn(), DDQN vs SB3 DQN (MlpPolicy), same env",
+                "schedule": {**SCHEDULE, "n_step": N_STEP},
+                "env_steps": args.steps,
+                "repeats": args.e2e_repeats,
+                "synthetic": synthetic,
+                "coco10k_shape": coco,
+                "vector_env_steps_per_second": vector,
+            },
             "batch_size": BATCH_SIZE,
             "candidate_shape": [k, f],
             "n_step": N_STEP,
             "device": args.device,
             "torch_threads": torch.get_num_threads(),
-            "repeats": args.repeats,
+            "update_repeats": args.repeats,
             "iterations_per_block": args.iterations,
             "updates_per_second": {
                 name: round(statistics.median(values), 1) for name, values in rates.items()

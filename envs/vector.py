@@ -239,6 +239,17 @@ class MiSiCALVectorEnv(VectorEnv):
         """Rebuild observations from compact states, like the single environment."""
         return self._template.observation_from_compact(compact)
 
+    def candidate_rewards(
+        self, compact: np.ndarray, target: np.ndarray | int | None = None
+    ) -> np.ndarray:
+        """Every candidate's reward in compact states, like the single environment's."""
+        return self._template.candidate_rewards(compact, target)
+
+    @property
+    def goal_targets(self) -> np.ndarray:
+        """The classes an episode's target is drawn from, like the single environment's."""
+        return self._template.goal_targets
+
     # ------------------------------------------------------------------ internals
     def _reset_envs(self, mask: np.ndarray) -> None:
         idx = np.flatnonzero(mask)

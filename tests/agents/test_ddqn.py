@@ -18,6 +18,7 @@ import pytest
 import torch
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import misical_gym  # noqa: F401 (registers the environments)
@@ -117,8 +118,16 @@ def test_rejects_bad_arguments_clearly(tiny_store: FeatureStore) -> None:
         DDQN(env, hindsight_fraction=1.5)
     with pytest.raises(ValueError, match="counterfactual_targets must be True or False"):
         DDQN(env, counterfactual_targets="yes")
-    with pytest.raises(ValueError, match=r"one gymnasium\.Env"):
-        DDQN(env).set_env(gym.vector.SyncVectorEnv([lambda: make_env(tiny_store)]))
+    with pytest.raises(ValueError, match=r"not an SB3 VecEnv"):
+        DDQN(env).set_env(DummyVecEnv([lambda: make_env(tiny_store)]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_refuses_an_env_that_is_not_misical(vector: bool) -> None:
+    # CartPole's 4 numbers over Discrete(2) would fit 2 candidates of 2 features.
+    env = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync") if vector else "CartPole-v1"
+    with pytest.raises(ValueError, match=r"DDQN trains on MiSiCAL envs.*CartPoleEnv has none"):
+        DDQN(env)
 
 
 class _NoCompact(gym.Env):
@@ -126,6 +135,7 @@ class _NoCompact(gym.Env):
 
     observation_space = gym.spaces.Box(0, 1, (12,), np.float32)
     action_space = gym.spaces.Discrete(4)
+    candidate_shape = (4, 3)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
         super().reset(seed=seed)
@@ -138,7 +148,7 @@ class _NoCompact(gym.Env):
 def test_replay_mode_follows_the_env(tiny_store: FeatureStore) -> None:
     assert DDQN(make_env(tiny_store))._spec.compact_size == 8 + 2
     assert DDQN(make_env(tiny_store), replay="raw")._spec.compact_size is None
-    assert DDQN(_NoCompact())._spec.compact_size is None  # candidate rows inferred: (4, 3)
+    assert DDQN(_NoCompact())._spec.compact_size is None
     with pytest.raises(ValueError, match="replay='raw'"):
         DDQN(_NoCompact(), replay="compact")
     # A wrapper that changes observations cannot be rebuilt from store ids.
@@ -250,15 +260,26 @@ def test_train_step_matches_a_per_sample_reference(
     assert model.state.n_updates == 1
 
 
-def _goal_model(store: FeatureStore, **kwargs: Any) -> DDQN:
-    model = DDQN(
-        make_env(store, target_class="random"), seed=0, learning_starts=10**6, gamma=0.9, **kwargs
+def _goal_model(store: FeatureStore, num_envs: int | None = None, **kwargs: Any) -> DDQN:
+    """A goal-conditioned DDQN whose replay holds 300 random steps (of one env or a vector env)."""
+    options = {"budget": 8, "pool_size": 8, "target_class": "random"}
+    env = (
+        make_env(store, target_class="random")
+        if num_envs is None
+        else gym.make_vec(
+            "MiSiCAL-Store", num_envs, "vector_entry_point", root=str(store.path), **options
+        )
     )
+    model = DDQN(env, seed=0, learning_starts=10**6, gamma=0.9, **kwargs)
     return model.learn(300)  # fills the replay; no training yet
 
 
-def test_replay_windows_rebuild_the_stored_n_step_returns(tiny_store: FeatureStore) -> None:
-    model = _goal_model(tiny_store, n_step=3)
+# A vector env interleaves its sub-envs' steps in the replay: a window's steps are not adjacent.
+@pytest.mark.parametrize("num_envs", [None, 3])
+def test_replay_windows_rebuild_the_stored_n_step_returns(
+    tiny_store: FeatureStore, num_envs: int | None
+) -> None:
+    model = _goal_model(tiny_store, num_envs, n_step=3)
     env = model.env.unwrapped
     batch = model.replay_buffer.sample(64, 0.5, np.random.default_rng(0))
     obs, actions, lengths = model.replay_buffer.windows(batch.indices)
