@@ -253,7 +253,7 @@ class _EnvSpec:
     compact_size: int | None
 
     @classmethod
-    def of(cls, env: gym.Env, replay: str) -> _EnvSpec:
+    def of(cls, env: gym.Env | gym.vector.VectorEnv, replay: str) -> _EnvSpec:
         """Read the spec from ``env`` (an env or a vector env); ``replay`` picks the replay mode
         ("auto" prefers compact).
 
@@ -261,9 +261,10 @@ class _EnvSpec:
             ValueError: ``env`` is no MiSiCAL env (it has no ``candidate_shape``), or its
                 spaces do not fit.
         """
-        vector = isinstance(env, gym.vector.VectorEnv)
-        action_space = env.single_action_space if vector else env.action_space
-        observation_space = env.single_observation_space if vector else env.observation_space
+        if isinstance(env, gym.vector.VectorEnv):
+            action_space, observation_space = env.single_action_space, env.single_observation_space
+        else:
+            action_space, observation_space = env.action_space, env.observation_space
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ValueError(f"DDQN needs a Discrete action space, got {action_space}")
         if not isinstance(observation_space, gym.spaces.Box):
@@ -428,7 +429,9 @@ class DDQN(Learner):
         self._all_valid = np.ones((self.num_envs, self.candidate_shape[0]), dtype=bool)
 
     @staticmethod
-    def _check_compact(env: gym.Env, compact: np.ndarray, obs: np.ndarray) -> None:
+    def _check_compact(
+        env: gym.Env | gym.vector.VectorEnv, compact: np.ndarray, obs: np.ndarray
+    ) -> None:
         rebuilt = _compact_env(env).observation_from_compact(compact)
         if not np.array_equal(rebuilt, obs):
             raise ValueError(

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from misical_gym.agents.learner import Learner
+from misical_gym.agents.learner import Env, Learner
 from misical_gym.agents.policy import greedy_actions
 from misical_gym.envs.patch_selection import unwrap_misical
 
@@ -62,9 +62,8 @@ class RolloutLearner(Learner):
         are broken at random."""
         return greedy_actions(self, observation, action_masks, self.tie_break_rng)[0], None
 
-    def set_env(self, env: gym.Env) -> None:
-        _refuse_vector(env)
-        shape = unwrap_misical(env).candidate_shape
+    def set_env(self, env: Env) -> None:
+        shape = unwrap_misical(_refuse_vector(env)).candidate_shape
         if shape != self.candidate_shape:
             raise ValueError(
                 f"the new env's candidate shape {shape} differs from {self.candidate_shape}"
@@ -95,10 +94,12 @@ class RolloutLearner(Learner):
         self.logger.close()
 
 
-def _refuse_vector(env: object) -> None:
-    """Rollouts play one episode at a time: a vector env is refused, not stepped in part."""
+def _refuse_vector(env: Env) -> gym.Env:
+    """``env``, refused if it is a vector env: rollouts play one episode at a time, and a vector
+    env would be stepped in part."""
     if isinstance(env, gym.vector.VectorEnv):
         raise ValueError(
             "heuristics and the supervised ablation learn on one env, not a vector env; pass "
             "gym.make(...) (only the DDQN trains on vector envs)"
         )
+    return env

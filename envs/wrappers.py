@@ -87,7 +87,8 @@ class RecordVectorSelectionStatistics(VectorWrapper):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(seed=seed, options=options)
+        # Gymnasium's vector envs take a seed per sub-env, though VectorEnv.reset annotates int.
+        obs, info = self.env.reset(seed=seed, options=options)  # type: ignore[arg-type]
         mask = (options or {}).get("reset_mask")
         cleared = slice(None) if mask is None else np.asarray(mask, dtype=bool)
         for counter in (self._returns, self._lengths, self._pixels, self._hits):
