@@ -420,7 +420,8 @@ def _resumable(run_dir: Path, config: dict[str, Any], overwrite: bool) -> Path |
 
 def _truncate_tensorboard(run_dir: Path, step: int) -> None:
     """Drop the TensorBoard events of ``run_dir`` logged after env step ``step``: a resumed
-    run logs them again, and a curve must not hold its points twice."""
+    run logs them again, and a curve must not hold its points twice. Returns once a writer
+    made now sorts after every kept file."""
     from tensorboard.compat.proto.event_pb2 import Event
 
     for events in run_dir.glob("tb_*/events.out.tfevents.*"):
@@ -436,6 +437,13 @@ def _truncate_tensorboard(run_dir: Path, step: int) -> None:
         if len(kept) != len(data):
             with atomic_path(events) as tmp:
                 tmp.write_bytes(bytes(kept))
+    # TensorBoard reads a folder's event files in name order, and a name starts with the second
+    # its writer was made (then host and pid): a resumed writer made in the killed one's second
+    # could sort first, and its points would be read before the earlier ones.
+    made = [p.name.split(".")[3] for p in run_dir.glob("tb_*/events.out.tfevents.*")]
+    latest = max((int(s) for s in made if s.isdigit()), default=-1)
+    while int(time.time()) <= latest:
+        time.sleep(0.05)
 
 
 def train_command(config: dict[str, Any], hyperparams_file: Path) -> str:

@@ -109,3 +109,25 @@ def test_overwrite_never_removes_a_folder_that_is_not_a_run(tiny_store, tmp_path
     argv = _argv(tiny_store, tmp_path, None, agent="presence")
     assert main([*argv, "--overwrite"]) == 2
     assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_a_resumed_runs_events_are_read_after_the_killed_runs(tmp_path) -> None:
+    """TensorBoard reads event files in name order; names start with the second of their making,
+    so a resumed writer made within the killed run's second must still sort last."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from misical_gym.train.run import _truncate_tensorboard
+
+    folder = tmp_path / "tb_1"
+    killed = SummaryWriter(str(folder))
+    for step in (32, 64, 96):
+        killed.add_scalar("al/hit_rate", step / 100, step)
+    killed.close()
+    (made,) = folder.iterdir()  # as if made by another process whose pid sorts last
+    *name, _pid, counter = made.name.split(".")  # the host may hold dots; pid and counter do not
+    made.rename(folder / ".".join([*name, "9" * 12, counter]))
+    _truncate_tensorboard(tmp_path, 64)
+    resumed = SummaryWriter(str(folder))
+    resumed.add_scalar("al/hit_rate", 0.96, 96)
+    resumed.close()
+    assert [step for step, _ in _curves(tmp_path)["al/hit_rate"]] == [32, 64, 96]
