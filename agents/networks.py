@@ -78,24 +78,28 @@ class DeepSetQNetwork(nn.Module):
             else None
         )
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Q-values of every candidate slot.
 
         Args:
             obs: ``[B, K * F]`` flat or ``[B, K, F]`` candidate observations.
+            valid: ``[B, K]`` the non-empty slots, ``valid_rows`` of ``obs``; a caller that
+                scores the same observations with two networks computes it once.
 
         Returns:
             ``[B, K]`` Q-values (also for empty slots; mask them when choosing actions).
         """
         x = obs.reshape(obs.shape[0], -1, self.num_features)
-        valid = valid_rows(x).unsqueeze(-1).to(x.dtype)  # [B, K, 1]
-        count = valid.sum(dim=1).clamp_min(1.0)  # [B, 1]
+        if valid is None:
+            valid = valid_rows(x)
+        weights = valid.to(x.dtype)
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, K]
         embedding = self.phi(x)  # [B, K, H]
-        context = (embedding * valid).sum(dim=1) / count  # [B, H]
+        # The mean over the valid slots as one batched product: fewer ops than mask, sum, divide.
+        context = torch.bmm(weights.unsqueeze(1), embedding).squeeze(1)  # [B, H]
         hidden = self.rho_embedding(embedding) + self.rho_context(context).unsqueeze(1)
         scores = self.rho(hidden).squeeze(-1)  # [B, K]
         if self.value is None:
             return scores
-        valid = valid.squeeze(-1)
-        centre = (scores * valid).sum(dim=1, keepdim=True) / count
+        centre = (scores * weights).sum(dim=1, keepdim=True)
         return self.value(context) + scores - centre
