@@ -17,6 +17,9 @@ Two replay modes:
 - ``raw``: the buffer keeps the float observations themselves.
 
 Both feed the network identical observations, so for the same seed they train identically.
+With ``features_on_device`` compact replay rebuilds them on the agent's device from a copy of
+the store's feature table (:class:`~misical_gym.agents.device_observations.DeviceObservations`),
+again identical.
 
 Vector envs (a Gymnasium ``VectorEnv`` of N MiSiCAL envs: ``gym.make_vec(id, num_envs=N)`` in
 ``"sync"`` mode, or the native ``"vector_entry_point"`` env) give N transitions per step, one
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from stable_baselines3.common.callbacks import BaseCallback
 
+from misical_gym.agents.device_observations import DeviceObservations
 from misical_gym.agents.learner import EPISODE_KEYS, Learner, TrainingState
 from misical_gym.agents.networks import DeepSetQNetwork
 from misical_gym.agents.policy import (
@@ -133,6 +137,10 @@ class DDQNConfig:
     effect on later draws. A sample whose rewards are unknown (an unlabelled pool, raw replay, an
     env without ``candidate_rewards``) keeps the plain Double DQN update; False is the paper's
     plain Double DQN throughout."""
+    features_on_device: bool = False
+    """Compact replay: hold the store's feature table as a tensor on ``device`` and rebuild
+    sampled observations there, so that only store ids cross to the device (worth it on a GPU;
+    on the CPU it copies the table into memory and trains exactly as without it)."""
     hindsight_fraction: float = 0.5
     """Share of each batch relabelled with another target when the env draws a new target per
     episode (``env.unwrapped.goal_targets`` not empty; compact replay): the state's target
@@ -174,10 +182,9 @@ class DDQNConfig:
             raise ValueError(
                 f"target_update must be one of {TARGET_UPDATES}, got {self.target_update!r}"
             )
-        if not isinstance(self.counterfactual_targets, bool):
-            raise ValueError(
-                f"counterfactual_targets must be True or False, got {self.counterfactual_targets!r}"
-            )
+        for name in ("counterfactual_targets", "features_on_device"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.replay not in REPLAY_MODES:
             raise ValueError(f"replay must be one of {REPLAY_MODES}, got {self.replay!r}")
         if self.checkpoint_freq and self.checkpoint_path is None:
@@ -403,6 +410,7 @@ class DDQN(Learner):
         self._compact_probe: tuple[np.ndarray, np.ndarray] | None = None
         self._train_stats = {"loss": 0.0, "q": 0.0, "updates": 0}
         self._per_beta = c.per_beta0
+        self._device_observations: DeviceObservations | None = None  # set_env builds it
         self._forget_episode()
 
     @property
@@ -435,9 +443,28 @@ class DDQN(Learner):
         if self._compact_probe is not None:
             self._check_compact(env, *self._compact_probe)
         super().set_env(env)
+        self._device_observations = self._on_device(env)
         action_masks = getattr(env.unwrapped, "action_masks", None)
         self._action_masks = action_masks if callable(action_masks) else None
         self._all_valid = np.ones((self.num_envs, self.candidate_shape[0]), dtype=bool)
+
+    def _on_device(self, env: gym.Env | gym.vector.VectorEnv) -> DeviceObservations | None:
+        """The rebuild of ``features_on_device`` for ``env``'s store; None when it is off.
+
+        Raises:
+            ValueError: It is on, but replay is raw or the env has no MiSiCAL feature store.
+        """
+        if not self.config.features_on_device:
+            return None
+        if self._spec.compact_size is None:
+            raise ValueError("features_on_device needs compact replay (store ids to rebuild from)")
+        base = _single_base(env)
+        if getattr(base, "builder", None) is None:
+            raise ValueError(
+                f"features_on_device needs a MiSiCAL env's feature store (env.unwrapped.builder); "
+                f"{type(base).__name__} has none"
+            )
+        return DeviceObservations(base, self.device)
 
     @staticmethod
     def _check_compact(
@@ -760,23 +787,29 @@ class DDQN(Learner):
 
     def _to_tensors(self, batch: ReplaySample) -> tuple[torch.Tensor, ...]:
         """The batch on the device, with observations rebuilt in compact mode."""
-        obs, next_obs = batch.obs, batch.next_obs
-        if self._spec.compact_size is not None:
-            assert self.env is not None
-            env = _compact_env(self.env)
-            # One rebuild for both halves: the store gather is the same call.
-            both = env.observation_from_compact(np.concatenate([obs, next_obs]))
-            obs, next_obs = both[: len(obs)], both[len(obs) :]
 
         def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)
 
+        if self._spec.compact_size is None:
+            obs, next_obs = tensor(batch.obs, torch.float32), tensor(batch.next_obs, torch.float32)
+        else:
+            assert self.env is not None
+            # One rebuild for both halves: the store gather is the same call.
+            states = np.concatenate([batch.obs, batch.next_obs])
+            if self._device_observations is not None:
+                both = self._device_observations(states)
+            else:
+                rebuilt = _compact_env(self.env).observation_from_compact(states)
+                both = tensor(rebuilt, torch.float32)
+            obs, next_obs = both[: len(batch.obs)], both[len(batch.obs) :]
+
         next_masks = valid_or_all(tensor(batch.next_action_masks, torch.bool))
         return (
-            tensor(obs, torch.float32),
+            obs,
             tensor(batch.actions, torch.int64),
             tensor(batch.returns, torch.float32),
-            tensor(next_obs, torch.float32),
+            next_obs,
             tensor(batch.discounts, torch.float32),
             next_masks,
             tensor(batch.weights, torch.float32),
