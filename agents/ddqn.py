@@ -128,8 +128,8 @@ class DDQNConfig:
     device: str = "auto"
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``..."""
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Q-network options: ``phi_arch`` (default ``[128, 128]``), ``rho_arch`` (default
-    ``[128]``), ``dueling`` (default False)."""
+    """Q-network options: ``phi_arch`` (default ``[32]``), ``rho_arch`` (default
+    ``[32]``), ``dueling`` (default False)."""
     counterfactual_targets: bool = True
     """Train every shown candidate, not only the picked one: a sampled state's valid candidate
     ``a_i`` gets the taken action's n-step target shifted by ``r(a_i) - r(a_taken)``, the
@@ -139,8 +139,8 @@ class DDQNConfig:
     plain Double DQN throughout."""
     features_on_device: bool = False
     """Compact replay: hold the store's feature table as a tensor on ``device`` and rebuild
-    sampled observations there, so that only store ids cross to the device (worth it on a GPU;
-    on the CPU it copies the table into memory and trains exactly as without it)."""
+    sampled observations there, so that only store ids cross to the device. Meant for a GPU: on
+    the CPU it trains exactly as without it, but torch's gather is slower than NumPy's."""
     hindsight_fraction: float = 0.5
     """Share of each batch relabelled with another target when the env draws a new target per
     episode (``env.unwrapped.goal_targets`` not empty; compact replay): the state's target

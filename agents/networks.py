@@ -38,8 +38,8 @@ class DeepSetQNetwork(nn.Module):
     def __init__(
         self,
         num_features: int,
-        phi_arch: Sequence[int] = (128, 128),
-        rho_arch: Sequence[int] = (128,),
+        phi_arch: Sequence[int] = (32,),
+        rho_arch: Sequence[int] = (32,),
         dueling: bool = False,
     ) -> None:
         """Build the network.
