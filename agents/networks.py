@@ -89,16 +89,21 @@ class DeepSetQNetwork(nn.Module):
         Returns:
             ``[B, K]`` Q-values (also for empty slots; mask them when choosing actions).
         """
-        x = obs.reshape(obs.shape[0], -1, self.num_features)
+        batch = obs.shape[0]
+        # Every candidate of every set as one row: 2-D products, cheaper than 3-D ones backwards.
+        x = obs.reshape(-1, self.num_features)  # [B * K, F]
         if valid is None:
-            valid = valid_rows(x)
+            valid = valid_rows(x).view(batch, -1)
         weights = valid.to(x.dtype)
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, K]
-        embedding = self.phi(x)  # [B, K, H]
+        embedding = self.phi(x)  # [B * K, H]
         # The mean over the valid slots as one batched product: fewer ops than mask, sum, divide.
-        context = torch.bmm(weights.unsqueeze(1), embedding).squeeze(1)  # [B, H]
-        hidden = self.rho_embedding(embedding) + self.rho_context(context).unsqueeze(1)
-        scores = self.rho(hidden).squeeze(-1)  # [B, K]
+        sets = embedding.view(batch, -1, embedding.shape[-1])  # [B, K, H]
+        context = torch.bmm(weights.unsqueeze(1), sets).squeeze(1)  # [B, H]
+        width = self.rho_embedding.out_features
+        hidden = self.rho_embedding(embedding).view(batch, -1, width)
+        hidden = hidden + self.rho_context(context).unsqueeze(1)  # [B, K, H']
+        scores = self.rho(hidden.view(-1, width)).view(batch, -1)  # [B, K]
         if self.value is None:
             return scores
         centre = (scores * weights).sum(dim=1, keepdim=True)
