@@ -63,6 +63,9 @@ POLICY_KWARGS: tuple[str, ...] = ("phi_arch", "rho_arch", "dueling")
 _CHECKPOINT_VERSION = 2
 """Version 2 holds plain data and tensors only (read with ``weights_only=True``); version 1
 files were pickles and are refused."""
+_FORMER_NETWORK: dict[str, Any] = {"phi_arch": [128, 128], "rho_arch": [128]}
+"""The default Q-network of checkpoints that do not name theirs (written before the default
+became phi [32], rho [32]); their ``policy_kwargs`` override it."""
 
 
 @dataclass(frozen=True)
@@ -376,8 +379,9 @@ class DDQN(Learner):
         self.device = resolve_device(config.device)
 
     # ------------------------------------------------------------------ networks and replay
-    def _setup_model(self, spec: _EnvSpec) -> None:
-        """Build the networks, optimiser, replay buffer and counters for ``spec``."""
+    def _setup_model(self, spec: _EnvSpec, network: dict[str, Any] | None = None) -> None:
+        """Build the networks, optimiser, replay buffer and counters for ``spec``; ``network``
+        (default: the config's ``policy_kwargs``) are the Q-network's keywords."""
         c = self.config
         self._spec = spec
         num_actions, num_features = spec.candidate_shape
@@ -385,7 +389,8 @@ class DDQN(Learner):
         with torch.random.fork_rng(devices=[]):
             if c.seed is not None:
                 torch.manual_seed(c.seed)
-            self.q_net = DeepSetQNetwork(num_features, **c.policy_kwargs).to(self.device)
+            kwargs = c.policy_kwargs if network is None else network
+            self.q_net = DeepSetQNetwork(num_features, **kwargs).to(self.device)
         self.q_net_target = copy.deepcopy(self.q_net).requires_grad_(False)
         # Listed once: every update walks them three times (clip, Adam, Polyak), and walking a
         # module tree costs more than the lerps themselves. load_state_dict keeps the tensors.
@@ -875,6 +880,7 @@ class DDQN(Learner):
             "version": _CHECKPOINT_VERSION,
             "config": asdict(self.config),
             "spec": asdict(self._spec),
+            "network": self.q_net.arch,
             "q_net": self.q_net.state_dict(),
             "q_net_target": self.q_net_target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -925,7 +931,10 @@ class DDQN(Learner):
         model._build(dataclasses.replace(config, device=str(device)))
         spec = state["spec"]
         model._setup_model(
-            _EnvSpec(tuple(spec["obs_shape"]), tuple(spec["candidate_shape"]), spec["compact_size"])
+            _EnvSpec(
+                tuple(spec["obs_shape"]), tuple(spec["candidate_shape"]), spec["compact_size"]
+            ),
+            _saved_network(state, config, path),
         )
         model.q_net.load_state_dict(state["q_net"])
         model.q_net_target.load_state_dict(state["q_net_target"])
@@ -975,6 +984,28 @@ def _pending_steps(saved: Any) -> list[dict[str, Any] | None]:
     """The held-back steps of a checkpoint, one per sub-env (a single env's: one, or None)."""
     steps = _to_arrays(saved)
     return steps if isinstance(steps, list) else [steps]
+
+
+def _saved_network(state: dict[str, Any], config: DDQNConfig, path: Path) -> dict[str, Any]:
+    """The Q-network's keywords a checkpoint was trained with, checked: read as data."""
+    network = state.get("network")
+    if network is None:  # written before checkpoints named their network
+        return {**_FORMER_NETWORK, **config.policy_kwargs}
+
+    def widths(key: str) -> bool:
+        value = network[key]
+        return isinstance(value, list) and all(type(w) is int and w >= 1 for w in value)
+
+    if not (
+        isinstance(network, dict)
+        and set(network) == set(POLICY_KWARGS)
+        and widths("phi_arch")
+        and widths("rho_arch")
+        and len(network["phi_arch"]) > 0
+        and isinstance(network["dueling"], bool)
+    ):
+        raise ValueError(f"{path} is not a DDQN checkpoint: its network entry is malformed")
+    return dict(network)
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:

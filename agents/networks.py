@@ -62,6 +62,12 @@ class DeepSetQNetwork(nn.Module):
                 f"phi_arch={list(phi_arch)}, rho_arch={list(rho_arch)}"
             )
         self.num_features = int(num_features)
+        self.arch: dict[str, list[int] | bool] = {
+            "phi_arch": [int(w) for w in phi_arch],
+            "rho_arch": [int(w) for w in rho_arch],
+            "dueling": bool(dueling),
+        }
+        """The constructor's keywords that rebuild this network (a checkpoint saves them)."""
         embed = phi_arch[-1]
         self.phi = _mlp(num_features, phi_arch)
         # rho's first layer acts on [phi(x_i), c]; it is kept as its two halves so that the

@@ -217,7 +217,7 @@ def main() -> None:
         ddqn_params = num_params(ddqn.q_net)
         width = equal_params_width(ddqn_params, k * f, k)
         contenders["sb3_dqn_equal_params"] = sb3_contender(store.path, width, args.device)
-        hidden = ddqn.q_net.rho_embedding.in_features  # phi's output width
+        hidden = ddqn.q_net.arch["phi_arch"][-1]
         contenders["sb3_dqn_equal_width"] = sb3_contender(store.path, hidden, args.device)
 
         for step, _ in contenders.values():  # warm-up
@@ -231,16 +231,8 @@ def main() -> None:
                     step()
                 rates[name].append(args.iterations / (time.perf_counter() - start))
 
-        linears = [m.out_features for m in ddqn.q_net.rho if isinstance(m, torch.nn.Linear)]
         networks = {
-            "ddqn": {
-                "params": ddqn_params,
-                "macs_per_sample": ddqn_macs(ddqn),
-                "phi_arch": [
-                    m.out_features for m in ddqn.q_net.phi if isinstance(m, torch.nn.Linear)
-                ],
-                "rho_arch": [ddqn.q_net.rho_embedding.out_features, *linears[:-1]],
-            }
+            "ddqn": {"params": ddqn_params, "macs_per_sample": ddqn_macs(ddqn), **ddqn.q_net.arch}
         }
         for name in ("sb3_dqn_equal_params", "sb3_dqn_equal_width"):
             q_net = contenders[name][1].q_net
