@@ -46,13 +46,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from misical_gym.agents.device_observations import DeviceObservations
 from misical_gym.agents.learner import EPISODE_KEYS, Learner, TrainingState
 from misical_gym.agents.networks import DeepSetQNetwork
-from misical_gym.agents.policy import (
-    as_rows,
-    candidate_masks,
-    masked_argmax,
-    valid_or_all,
-    valid_rows,
-)
+from misical_gym.agents.policy import as_rows, candidate_masks, masked_argmax, valid_or_all
 from misical_gym.agents.replay import NStepPrioritizedReplayBuffer, ReplaySample
 from misical_gym.atomic import atomic_path
 from misical_gym.runtime import resolve_device
@@ -678,10 +672,10 @@ class DDQN(Learner):
         obs, actions, returns, next_obs, discounts, next_masks, weights = self._to_tensors(batch)
         with torch.no_grad():
             # Not one online pass over [s, s']: its backward would run over both halves.
-            next_valid = valid_rows(next_obs.view(len(next_obs), *self.candidate_shape))
-            next_q_online = self.q_net(next_obs, next_valid).masked_fill(~next_masks, -torch.inf)
+            next_weights = self.q_net.mean_weights(next_obs)
+            next_q_online = self.q_net(next_obs, next_weights).masked_fill(~next_masks, -torch.inf)
             next_actions = next_q_online.argmax(dim=1, keepdim=True)
-            next_q = self.q_net_target(next_obs, next_valid).gather(1, next_actions).squeeze(1)
+            next_q = self.q_net_target(next_obs, next_weights).gather(1, next_actions).squeeze(1)
             targets = returns + discounts * next_q
         q_all = self.q_net(obs)
         q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)

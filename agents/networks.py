@@ -84,24 +84,29 @@ class DeepSetQNetwork(nn.Module):
             else None
         )
 
-    def forward(self, obs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def mean_weights(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[B, K]`` each slot's weight in its set's mean: 1 / the number of valid slots on
+        the valid ones, 0 on empty ones. It depends on ``obs`` only, so a caller that scores the
+        same observations with two networks computes it once."""
+        valid = valid_rows(obs.reshape(obs.shape[0], -1, self.num_features))
+        weights = valid.to(obs.dtype)
+        return weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+    def forward(self, obs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Q-values of every candidate slot.
 
         Args:
             obs: ``[B, K * F]`` flat or ``[B, K, F]`` candidate observations.
-            valid: ``[B, K]`` the non-empty slots, ``valid_rows`` of ``obs``; a caller that
-                scores the same observations with two networks computes it once.
+            weights: ``mean_weights(obs)``, when the caller has it already.
 
         Returns:
             ``[B, K]`` Q-values (also for empty slots; mask them when choosing actions).
         """
         batch = obs.shape[0]
+        if weights is None:
+            weights = self.mean_weights(obs)
         # Every candidate of every set as one row: 2-D products, cheaper than 3-D ones backwards.
         x = obs.reshape(-1, self.num_features)  # [B * K, F]
-        if valid is None:
-            valid = valid_rows(x).view(batch, -1)
-        weights = valid.to(x.dtype)
-        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, K]
         embedding = self.phi(x)  # [B * K, H]
         # The mean over the valid slots as one batched product: fewer ops than mask, sum, divide.
         sets = embedding.view(batch, -1, embedding.shape[-1])  # [B, K, H]
