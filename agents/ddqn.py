@@ -17,6 +17,9 @@ Two replay modes:
 - ``raw``: the buffer keeps the float observations themselves.
 
 Both feed the network identical observations, so for the same seed they train identically.
+With ``features_on_device`` compact replay rebuilds them on the agent's device from a copy of
+the store's feature table (:class:`~misical_gym.agents.device_observations.DeviceObservations`),
+again identical.
 
 Vector envs (a Gymnasium ``VectorEnv`` of N MiSiCAL envs: ``gym.make_vec(id, num_envs=N)`` in
 ``"sync"`` mode, or the native ``"vector_entry_point"`` env) give N transitions per step, one
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from stable_baselines3.common.callbacks import BaseCallback
 
+from misical_gym.agents.device_observations import DeviceObservations
 from misical_gym.agents.learner import EPISODE_KEYS, Learner, TrainingState
 from misical_gym.agents.networks import DeepSetQNetwork
 from misical_gym.agents.policy import as_rows, candidate_masks, masked_argmax, valid_or_all
@@ -53,6 +57,9 @@ POLICY_KWARGS: tuple[str, ...] = ("phi_arch", "rho_arch", "dueling")
 _CHECKPOINT_VERSION = 2
 """Version 2 holds plain data and tensors only (read with ``weights_only=True``); version 1
 files were pickles and are refused."""
+_FORMER_NETWORK: dict[str, Any] = {"phi_arch": [128, 128], "rho_arch": [128]}
+"""The default Q-network of checkpoints that do not name theirs (written before the default
+became phi [32], rho [32]); their ``policy_kwargs`` override it."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +125,8 @@ class DDQNConfig:
     device: str = "auto"
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``..."""
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Q-network options: ``phi_arch`` (default ``[128, 128]``), ``rho_arch`` (default
-    ``[128]``), ``dueling`` (default False)."""
+    """Q-network options: ``phi_arch`` (default ``[32]``), ``rho_arch`` (default
+    ``[32]``), ``dueling`` (default False)."""
     counterfactual_targets: bool = True
     """Train every shown candidate, not only the picked one: a sampled state's valid candidate
     ``a_i`` gets the taken action's n-step target shifted by ``r(a_i) - r(a_taken)``, the
@@ -127,6 +134,10 @@ class DDQNConfig:
     effect on later draws. A sample whose rewards are unknown (an unlabelled pool, raw replay, an
     env without ``candidate_rewards``) keeps the plain Double DQN update; False is the paper's
     plain Double DQN throughout."""
+    features_on_device: bool = False
+    """Compact replay: hold the store's feature table as a tensor on ``device`` and rebuild
+    sampled observations there, so that only store ids cross to the device. Meant for a GPU: on
+    the CPU it trains exactly as without it, but torch's gather is slower than NumPy's."""
     hindsight_fraction: float = 0.5
     """Share of each batch relabelled with another target when the env draws a new target per
     episode (``env.unwrapped.goal_targets`` not empty; compact replay): the state's target
@@ -168,10 +179,9 @@ class DDQNConfig:
             raise ValueError(
                 f"target_update must be one of {TARGET_UPDATES}, got {self.target_update!r}"
             )
-        if not isinstance(self.counterfactual_targets, bool):
-            raise ValueError(
-                f"counterfactual_targets must be True or False, got {self.counterfactual_targets!r}"
-            )
+        for name in ("counterfactual_targets", "features_on_device"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.replay not in REPLAY_MODES:
             raise ValueError(f"replay must be one of {REPLAY_MODES}, got {self.replay!r}")
         if self.checkpoint_freq and self.checkpoint_path is None:
@@ -363,8 +373,9 @@ class DDQN(Learner):
         self.device = resolve_device(config.device)
 
     # ------------------------------------------------------------------ networks and replay
-    def _setup_model(self, spec: _EnvSpec) -> None:
-        """Build the networks, optimiser, replay buffer and counters for ``spec``."""
+    def _setup_model(self, spec: _EnvSpec, network: dict[str, Any] | None = None) -> None:
+        """Build the networks, optimiser, replay buffer and counters for ``spec``; ``network``
+        (default: the config's ``policy_kwargs``) are the Q-network's keywords."""
         c = self.config
         self._spec = spec
         num_actions, num_features = spec.candidate_shape
@@ -372,9 +383,15 @@ class DDQN(Learner):
         with torch.random.fork_rng(devices=[]):
             if c.seed is not None:
                 torch.manual_seed(c.seed)
-            self.q_net = DeepSetQNetwork(num_features, **c.policy_kwargs).to(self.device)
+            kwargs = c.policy_kwargs if network is None else network
+            self.q_net = DeepSetQNetwork(num_features, **kwargs).to(self.device)
         self.q_net_target = copy.deepcopy(self.q_net).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=c.learning_rate)
+        # Listed once: every update walks them three times (clip, Adam, Polyak), and walking a
+        # module tree costs more than the lerps themselves. load_state_dict keeps the tensors.
+        self._params = list(self.q_net.parameters())
+        self._target_params = list(self.q_net_target.parameters())
+        # Fused: one kernel for all parameters, about a quarter of the per-tensor loop's time.
+        self.optimizer = torch.optim.Adam(self._params, lr=c.learning_rate, fused=True)
         compact = spec.compact_size is not None
         self.replay_buffer = NStepPrioritizedReplayBuffer(
             c.buffer_size,
@@ -392,6 +409,7 @@ class DDQN(Learner):
         self._compact_probe: tuple[np.ndarray, np.ndarray] | None = None
         self._train_stats = {"loss": 0.0, "q": 0.0, "updates": 0}
         self._per_beta = c.per_beta0
+        self._device_observations: DeviceObservations | None = None  # set_env builds it
         self._forget_episode()
 
     @property
@@ -424,9 +442,28 @@ class DDQN(Learner):
         if self._compact_probe is not None:
             self._check_compact(env, *self._compact_probe)
         super().set_env(env)
+        self._device_observations = self._on_device(env)
         action_masks = getattr(env.unwrapped, "action_masks", None)
         self._action_masks = action_masks if callable(action_masks) else None
         self._all_valid = np.ones((self.num_envs, self.candidate_shape[0]), dtype=bool)
+
+    def _on_device(self, env: gym.Env | gym.vector.VectorEnv) -> DeviceObservations | None:
+        """The rebuild of ``features_on_device`` for ``env``'s store; None when it is off.
+
+        Raises:
+            ValueError: It is on, but replay is raw or the env has no MiSiCAL feature store.
+        """
+        if not self.config.features_on_device:
+            return None
+        if self._spec.compact_size is None:
+            raise ValueError("features_on_device needs compact replay (store ids to rebuild from)")
+        base = _single_base(env)
+        if getattr(base, "builder", None) is None:
+            raise ValueError(
+                f"features_on_device needs a MiSiCAL env's feature store (env.unwrapped.builder); "
+                f"{type(base).__name__} has none"
+            )
+        return DeviceObservations(base, self.device)
 
     @staticmethod
     def _check_compact(
@@ -635,9 +672,10 @@ class DDQN(Learner):
         obs, actions, returns, next_obs, discounts, next_masks, weights = self._to_tensors(batch)
         with torch.no_grad():
             # Not one online pass over [s, s']: its backward would run over both halves.
-            next_q_online = self.q_net(next_obs).masked_fill(~next_masks, -torch.inf)
+            next_weights = self.q_net.mean_weights(next_obs)
+            next_q_online = self.q_net(next_obs, next_weights).masked_fill(~next_masks, -torch.inf)
             next_actions = next_q_online.argmax(dim=1, keepdim=True)
-            next_q = self.q_net_target(next_obs).gather(1, next_actions).squeeze(1)
+            next_q = self.q_net_target(next_obs, next_weights).gather(1, next_actions).squeeze(1)
             targets = returns + discounts * next_q
         q_all = self.q_net(obs)
         q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
@@ -651,14 +689,12 @@ class DDQN(Learner):
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.q_net.parameters(), c.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self._params, c.max_grad_norm, foreach=True)
         self.optimizer.step()
         self.replay_buffer.update_priorities(batch.indices, (q - targets).detach().cpu().numpy())
         if c.target_update == "soft":
             with torch.no_grad():
-                for target, online in zip(
-                    self.q_net_target.parameters(), self.q_net.parameters(), strict=True
-                ):
+                for target, online in zip(self._target_params, self._params, strict=True):
                     target.lerp_(online, c.tau)
 
         self.state.n_updates += 1
@@ -750,23 +786,30 @@ class DDQN(Learner):
 
     def _to_tensors(self, batch: ReplaySample) -> tuple[torch.Tensor, ...]:
         """The batch on the device, with observations rebuilt in compact mode."""
-        obs, next_obs = batch.obs, batch.next_obs
-        if self._spec.compact_size is not None:
-            assert self.env is not None
-            env = _compact_env(self.env)
-            # One rebuild for both halves: the store gather is the same call.
-            both = env.observation_from_compact(np.concatenate([obs, next_obs]))
-            obs, next_obs = both[: len(obs)], both[len(obs) :]
 
         def tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)
 
-        next_masks = valid_or_all(tensor(batch.next_action_masks, torch.bool))
+        if self._spec.compact_size is None:
+            obs, next_obs = tensor(batch.obs, torch.float32), tensor(batch.next_obs, torch.float32)
+        else:
+            assert self.env is not None
+            # One rebuild for both halves: the store gather is the same call.
+            states = np.concatenate([batch.obs, batch.next_obs])
+            if self._device_observations is not None:
+                both = self._device_observations(states)
+            else:
+                rebuilt = _compact_env(self.env).observation_from_compact(states)
+                both = tensor(rebuilt, torch.float32)
+            obs, next_obs = both[: len(batch.obs)], both[len(batch.obs) :]
+
+        # In NumPy: torch's any over a small bool tensor costs about 10x as much on CPU.
+        next_masks = tensor(valid_or_all(batch.next_action_masks), torch.bool)
         return (
-            tensor(obs, torch.float32),
+            obs,
             tensor(batch.actions, torch.int64),
             tensor(batch.returns, torch.float32),
-            tensor(next_obs, torch.float32),
+            next_obs,
             tensor(batch.discounts, torch.float32),
             next_masks,
             tensor(batch.weights, torch.float32),
@@ -832,6 +875,7 @@ class DDQN(Learner):
             "version": _CHECKPOINT_VERSION,
             "config": asdict(self.config),
             "spec": asdict(self._spec),
+            "network": self.q_net.arch,
             "q_net": self.q_net.state_dict(),
             "q_net_target": self.q_net_target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -882,7 +926,10 @@ class DDQN(Learner):
         model._build(dataclasses.replace(config, device=str(device)))
         spec = state["spec"]
         model._setup_model(
-            _EnvSpec(tuple(spec["obs_shape"]), tuple(spec["candidate_shape"]), spec["compact_size"])
+            _EnvSpec(
+                tuple(spec["obs_shape"]), tuple(spec["candidate_shape"]), spec["compact_size"]
+            ),
+            _saved_network(state, config, path),
         )
         model.q_net.load_state_dict(state["q_net"])
         model.q_net_target.load_state_dict(state["q_net_target"])
@@ -932,6 +979,28 @@ def _pending_steps(saved: Any) -> list[dict[str, Any] | None]:
     """The held-back steps of a checkpoint, one per sub-env (a single env's: one, or None)."""
     steps = _to_arrays(saved)
     return steps if isinstance(steps, list) else [steps]
+
+
+def _saved_network(state: dict[str, Any], config: DDQNConfig, path: Path) -> dict[str, Any]:
+    """The Q-network's keywords a checkpoint was trained with, checked: read as data."""
+    network = state.get("network")
+    if network is None:  # written before checkpoints named their network
+        return {**_FORMER_NETWORK, **config.policy_kwargs}
+
+    def widths(key: str) -> bool:
+        value = network[key]
+        return isinstance(value, list) and all(type(w) is int and w >= 1 for w in value)
+
+    if not (
+        isinstance(network, dict)
+        and set(network) == set(POLICY_KWARGS)
+        and widths("phi_arch")
+        and widths("rho_arch")
+        and len(network["phi_arch"]) > 0
+        and isinstance(network["dueling"], bool)
+    ):
+        raise ValueError(f"{path} is not a DDQN checkpoint: its network entry is malformed")
+    return dict(network)
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:

@@ -75,7 +75,9 @@ class Agent(CandidatePolicy, Protocol):
 
 def valid_rows(rows: ArrayT) -> ArrayT:
     """``[..., K]`` True where a candidate row ``[..., K, F]`` is not all zeros (an empty slot)."""
-    return (rows != 0).any(-1)  # type: ignore[attr-defined]
+    # A sum of absolute values is positive exactly when one is non-zero (rows are finite); on
+    # CPU torch sums about 3x faster than it reduces a bool tensor with ``any``.
+    return abs(rows).sum(-1) > 0  # type: ignore[arg-type,return-value]
 
 
 def valid_or_all(masks: ArrayT) -> ArrayT:

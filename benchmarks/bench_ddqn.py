@@ -20,9 +20,10 @@ of COCO-Stuff 10k's candidate shape (K=32 candidates of F=177 features), with re
 the same number of random steps.
 
 "Equal-sized" is read two ways, both reported: SB3's MLP with the DDQN's parameter count, and
-SB3's MLP with the DDQN's hidden width (128). The DeepSets network applies its weights to every
-candidate, so per sample it does about K times the multiply-adds of an MLP with as many
-parameters; the ``macs_per_sample`` fields make that visible.
+SB3's MLP with the DDQN's hidden width (its embedding's, ``phi_arch[-1]``: 32 by default).
+The DeepSets network applies its weights to every candidate, so per sample it does about K
+times the multiply-adds of an MLP with as many parameters; the ``macs_per_sample`` fields make
+that visible.
 
 Contenders take turns, one timed block each per repeat; rates are medians over repeats and
 ratios medians of per-repeat ratios. Also reports replay bytes per transition in both modes and
@@ -216,7 +217,8 @@ def main() -> None:
         ddqn_params = num_params(ddqn.q_net)
         width = equal_params_width(ddqn_params, k * f, k)
         contenders["sb3_dqn_equal_params"] = sb3_contender(store.path, width, args.device)
-        contenders["sb3_dqn_equal_width"] = sb3_contender(store.path, 128, args.device)
+        hidden = ddqn.q_net.arch["phi_arch"][-1]
+        contenders["sb3_dqn_equal_width"] = sb3_contender(store.path, hidden, args.device)
 
         for step, _ in contenders.values():  # warm-up
             for _ in range(20):
@@ -229,7 +231,9 @@ def main() -> None:
                     step()
                 rates[name].append(args.iterations / (time.perf_counter() - start))
 
-        networks = {"ddqn": {"params": ddqn_params, "macs_per_sample": ddqn_macs(ddqn)}}
+        networks = {
+            "ddqn": {"params": ddqn_params, "macs_per_sample": ddqn_macs(ddqn), **ddqn.q_net.arch}
+        }
         for name in ("sb3_dqn_equal_params", "sb3_dqn_equal_width"):
             q_net = contenders[name][1].q_net
             networks[name] = {

@@ -494,6 +494,45 @@ def test_save_load_roundtrip(tiny_store: FeatureStore, tmp_path: Path) -> None:
     assert full.num_timesteps == 350
 
 
+@pytest.mark.parametrize("policy_kwargs", [{}, {"phi_arch": [16]}], ids=["default", "own-phi"])
+def test_checkpoints_that_do_not_name_their_network_load_the_former_default(
+    tiny_store: FeatureStore, tmp_path: Path, policy_kwargs: dict[str, Any]
+) -> None:
+    """A file written before checkpoints named their network had the former default one."""
+    former = {"phi_arch": [128, 128], "rho_arch": [128], **policy_kwargs}
+    model = DDQN(make_env(tiny_store), seed=0, policy_kwargs=former, **FAST)
+    path = model.save(tmp_path / "model.zip")
+    state = torch.load(path, weights_only=True)
+    del state["network"]
+    state["config"]["policy_kwargs"] = policy_kwargs  # what such a file says
+    torch.save(state, path)
+    loaded = DDQN.load(path)
+    assert loaded.q_net.arch == {**former, "dueling": False}
+    assert_same_params(loaded, model)
+    assert DDQN(make_env(tiny_store), seed=0).q_net.arch["phi_arch"] == [32]  # today's default
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        {"phi_arch": [], "rho_arch": [8], "dueling": False},
+        {"phi_arch": ["8"], "rho_arch": [8], "dueling": False},
+        {"phi_arch": [8], "rho_arch": [8], "dueling": "no"},
+        {"phi_arch": [8], "rho_arch": [8], "dueling": False, "width": 2},
+        [8, 8],
+    ],
+)
+def test_a_malformed_network_entry_is_refused(
+    tiny_store: FeatureStore, tmp_path: Path, network: Any
+) -> None:
+    path = DDQN(make_env(tiny_store), seed=0, **FAST).save(tmp_path / "model.zip")
+    state = torch.load(path, weights_only=True)
+    state["network"] = network
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="network entry is malformed"):
+        DDQN.load(path)
+
+
 _KILLED_RUN = """
 import json, os, signal, sys
 import gymnasium as gym

@@ -285,6 +285,28 @@ def test_compact_state_rebuilds_the_observation(tiny_store) -> None:
     np.testing.assert_array_equal(env.observation_from_compact(states[0]), observations[0])
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"target_class": "class1"}, {"target_class": "random"}, {"features": "uncertainty"}],
+    ids=["fixed", "goal", "some-columns"],
+)
+def test_a_batch_rebuilds_as_its_states_one_by_one(tiny_store, options) -> None:
+    """A batch of at least 256 rows takes the builder's batch gather, one state the whole-row
+    one: both give the same rows, empty slots included."""
+    env = make(tiny_store, budget=5, pool_size=6, **options).unwrapped
+    states = []
+    for episode in range(12):
+        env.reset(seed=episode)
+        for _ in range(5):
+            states.append(env.compact_state())
+            env.step(0)
+    batch = np.stack(states)
+    batch[::7, :2] = -1  # empty slots
+    assert batch[:, :6].size >= 256
+    one_by_one = np.stack([env.observation_from_compact(state) for state in batch])
+    np.testing.assert_array_equal(env.observation_from_compact(batch), one_by_one)
+
+
 @pytest.mark.parametrize("scheme", ["categorical", "binary", "share", "log_count"])
 def test_candidate_rewards_are_what_each_slot_would_pay(tiny_store, scheme) -> None:
     env = make(tiny_store, budget=4, pool_size=6, reward=scheme, target_class="class1").unwrapped
