@@ -23,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import misical_gym  # noqa: F401 (registers the environments)
 from misical_gym.agents import DDQN, DeepSetQNetwork
+from misical_gym.agents.networks import mean_weights_numpy
 from misical_gym.store import FeatureStore
 from misical_gym.testing import write_random_store
 
@@ -86,6 +87,31 @@ def test_network_ignores_empty_slots(dueling: bool) -> None:
     x = torch.rand(2, 4, 5)
     padded = torch.cat([x, torch.zeros(2, 3, 5)], dim=1)  # three empty (all-zero) slots
     torch.testing.assert_close(net(padded)[:, :4], net(x))
+
+
+def test_network_scores_chosen_slots_as_its_full_pass() -> None:
+    torch.manual_seed(0)
+    net = DeepSetQNetwork(5, phi_arch=(16,), rho_arch=(16, 8))
+    x = torch.rand(6, 7, 5)
+    x[0, 3:] = 0.0  # empty slots stay out of the context in both passes
+    slots = torch.tensor([0, 6, 3, 2, 2, 5])
+    chosen = net(x, slots=slots)
+    assert chosen.shape == (6,)
+    torch.testing.assert_close(chosen, net(x).gather(1, slots[:, None])[:, 0])
+    with pytest.raises(ValueError, match="dueling"):
+        DeepSetQNetwork(5, dueling=True)(x, slots=slots)
+
+
+def test_numpy_mean_weights_equal_the_networks() -> None:
+    rows = np.random.default_rng(0).random((5, 7, 3), dtype=np.float32)
+    rows[1, 2:] = 0.0
+    rows[2] = 0.0  # no valid slot: all weights 0
+    rows[3, ::2] = 0.0
+    net, obs = DeepSetQNetwork(3), torch.from_numpy(rows)
+    ours = mean_weights_numpy(rows)
+    assert ours.dtype == np.float32
+    assert torch.equal(torch.from_numpy(ours), net.mean_weights(obs))  # bitwise, as training
+    assert torch.equal(net(obs, torch.from_numpy(ours)), net(obs))
 
 
 def test_network_rejects_bad_shapes() -> None:
