@@ -811,13 +811,11 @@ class DDQN(Learner):
         def tensor(array: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), device=self.device)
 
-        # Every small array is prepared in NumPy and crosses in as few conversions as it can:
+        # The small arrays are prepared in NumPy and cross in as few conversions as they can:
         # on CPU each torch op on a [64]-sized tensor costs several times NumPy's.
         if self._device_observations is not None:
             assert self._spec.compact_size is not None
             both = self._device_observations(np.concatenate([batch.obs, batch.next_obs]))
-            both = both.view(2 * size, *self.candidate_shape)
-            weights = self.q_net.mean_weights(both)
         else:
             if self._spec.compact_size is None:
                 rows = np.concatenate([batch.obs, batch.next_obs]).astype(np.float32, copy=False)
@@ -826,8 +824,10 @@ class DDQN(Learner):
                 # One rebuild for both halves: the store gather is the same call.
                 states = np.concatenate([batch.obs, batch.next_obs])
                 rows = _compact_env(self.env).observation_from_compact(states)
-            rows = rows.reshape(2 * size, *self.candidate_shape)
-            both, weights = tensor(rows), tensor(mean_weights_numpy(rows))
+            both = tensor(rows)
+        both = both.view(2 * size, *self.candidate_shape)
+        # Once for both halves; torch's reductions over the rows beat NumPy's at this size.
+        weights = self.q_net.mean_weights(both)
         floats = np.stack([batch.returns, batch.discounts, batch.weights]).astype(np.float32)
         return (
             both[:size],
