@@ -286,6 +286,23 @@ def test_train_step_matches_a_per_sample_reference(
     assert model.state.n_updates == 1
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3], ids=["clipped", "unclipped"])
+def test_gradient_clipping_is_torchs_bit_for_bit(tiny_store: FeatureStore, max_norm: float) -> None:
+    model = DDQN(make_env(tiny_store), seed=0)
+    torch.manual_seed(0)
+    grads = [torch.randn_like(p) for p in model._params]
+    for parameter, grad in zip(model._params, grads, strict=True):
+        parameter.grad = grad.clone()
+    model._clip_gradients(max_norm)
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in model._params]
+    for parameter, grad in zip(reference, grads, strict=True):
+        parameter.grad = grad.clone()
+    torch.nn.utils.clip_grad_norm_(reference, max_norm, foreach=True)
+    for ours, theirs in zip(model._params, reference, strict=True):
+        assert torch.equal(ours.grad, theirs.grad)
+    assert torch.equal(model._params[0].grad, grads[0]) == (max_norm > 1)
+
+
 def _goal_model(store: FeatureStore, num_envs: int | None = None, **kwargs: Any) -> DDQN:
     """A goal-conditioned DDQN whose replay holds 300 random steps (of one env or a vector env)."""
     options = {"budget": 8, "pool_size": 8, "target_class": "random"}
