@@ -707,9 +707,8 @@ class DDQN(Learner):
         self.optimizer.step()
         self.replay_buffer.update_priorities(batch.indices, (q - targets).detach().cpu().numpy())
         if c.target_update == "soft":
-            with torch.no_grad():
-                for target, online in zip(self._target_params, self._params, strict=True):
-                    target.lerp_(online, c.tau)
+            with torch.no_grad():  # one call for every tensor: the same lerp, one dispatch
+                torch._foreach_lerp_(self._target_params, self._params, c.tau)
 
         self.state.n_updates += 1
         stats = self._train_stats
