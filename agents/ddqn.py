@@ -388,8 +388,8 @@ class DDQN(Learner):
         self.q_net_target = copy.deepcopy(self.q_net).requires_grad_(False)
         # Listed once: every update walks them three times (clip, Adam, Polyak), and walking a
         # module tree costs more than the lerps themselves. load_state_dict keeps the tensors.
-        self._params = list(self.q_net.parameters())
-        self._target_params = list(self.q_net_target.parameters())
+        self._params: list[torch.Tensor] = list(self.q_net.parameters())
+        self._target_params: list[torch.Tensor] = list(self.q_net_target.parameters())
         # Fused: one kernel for all parameters, about a quarter of the per-tensor loop's time.
         self.optimizer = torch.optim.Adam(self._params, lr=c.learning_rate, fused=True)
         compact = spec.compact_size is not None
