@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -284,6 +285,77 @@ def test_train_step_matches_a_per_sample_reference(
     np.testing.assert_array_equal(indices, batch.indices)
     np.testing.assert_allclose(td, td_errors, rtol=1e-4, atol=1e-5)  # the taken action's TD
     assert model.state.n_updates == 1
+
+
+def _plain_q_values(net: DeepSetQNetwork, obs: torch.Tensor) -> torch.Tensor:
+    """The DeepSets forward through its modules, every slot scored: the update's reference."""
+    batch, weights = obs.shape[0], net.mean_weights(obs)
+    embedding = net.phi(obs.reshape(-1, net.num_features))
+    sets = embedding.view(batch, -1, embedding.shape[-1])
+    context = torch.bmm(weights.unsqueeze(1), sets).squeeze(1)
+    width = net.rho_embedding.out_features
+    hidden = net.rho_embedding(embedding).view(batch, -1, width)
+    hidden = hidden + net.rho_context(context).unsqueeze(1)
+    return net.rho(hidden.view(-1, width)).view(batch, -1)
+
+
+@pytest.mark.parametrize("counterfactual", [False, True])
+def test_train_step_is_the_plain_update_bit_for_bit(
+    tiny_store: FeatureStore, monkeypatch: pytest.MonkeyPatch, counterfactual: bool
+) -> None:
+    """The update's shortcuts (functional layers, the target scoring only the chosen slots,
+    NumPy-side masks, clipping and Polyak without torch's per-call loops) change no bit of it."""
+    env = make_env(tiny_store)
+    model = DDQN(env, seed=0, learning_starts=10**6, tau=0.1, counterfactual_targets=counterfactual)
+    model.config = dataclasses.replace(model.config, max_grad_norm=0.05)  # clipping is active
+    model.learn(200)  # fills the replay; no training yet
+    batches, priorities = [], []
+    real_sample = model.replay_buffer.sample
+
+    def sample(*args: Any) -> Any:
+        batches.append(real_sample(*args))
+        return batches[-1]
+
+    monkeypatch.setattr(model.replay_buffer, "sample", sample)
+    monkeypatch.setattr(
+        model.replay_buffer, "update_priorities", lambda i, td: priorities.append(td)
+    )
+    online, target = copy.deepcopy(model.q_net), copy.deepcopy(model.q_net_target)
+    optimizer = torch.optim.Adam(online.parameters(), lr=model.config.learning_rate, fused=True)
+    model._train_step(beta=0.7)
+
+    batch = batches[0]
+    obs, next_obs = (
+        torch.as_tensor(env.unwrapped.observation_from_compact(states))
+        for states in (batch.obs, batch.next_obs)
+    )
+    masks = torch.as_tensor(batch.next_action_masks)
+    masks |= ~masks.any(dim=1, keepdim=True)
+    with torch.no_grad():
+        best = _plain_q_values(online, next_obs).masked_fill(~masks, -torch.inf).argmax(1)
+        next_q = _plain_q_values(target, next_obs).gather(1, best[:, None])[:, 0]
+        targets = torch.as_tensor(batch.returns) + torch.as_tensor(batch.discounts) * next_q
+    q_all = _plain_q_values(online, obs)
+    q = q_all.gather(1, torch.as_tensor(batch.actions)[:, None])[:, 0]
+    if counterfactual:
+        rewards = env.unwrapped.candidate_rewards(batch.obs)
+        all_targets, share = model._counterfactual(rewards, batch.actions, targets)
+        per_sample = (F.smooth_l1_loss(q_all, all_targets, reduction="none") * share).sum(1)
+    else:
+        per_sample = F.smooth_l1_loss(q, targets, reduction="none")
+    optimizer.zero_grad()
+    (torch.as_tensor(batch.weights) * per_sample).mean().backward()
+    torch.nn.utils.clip_grad_norm_(online.parameters(), 0.05, foreach=True)
+    optimizer.step()
+    with torch.no_grad():
+        for old, new in zip(target.parameters(), online.parameters(), strict=True):
+            old.lerp_(new, 0.1)
+
+    for ours, ref in zip(model.q_net.parameters(), online.parameters(), strict=True):
+        assert torch.equal(ours, ref)
+    for ours, ref in zip(model.q_net_target.parameters(), target.parameters(), strict=True):
+        assert torch.equal(ours, ref)
+    np.testing.assert_array_equal(priorities[0], (q - targets).detach().numpy())
 
 
 @pytest.mark.parametrize("max_norm", [1e-3, 1e3], ids=["clipped", "unclipped"])
