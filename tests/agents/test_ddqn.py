@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -23,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import misical_gym  # noqa: F401 (registers the environments)
 from misical_gym.agents import DDQN, DeepSetQNetwork
+from misical_gym.agents.networks import mean_weights_numpy
 from misical_gym.store import FeatureStore
 from misical_gym.testing import write_random_store
 
@@ -86,6 +88,31 @@ def test_network_ignores_empty_slots(dueling: bool) -> None:
     x = torch.rand(2, 4, 5)
     padded = torch.cat([x, torch.zeros(2, 3, 5)], dim=1)  # three empty (all-zero) slots
     torch.testing.assert_close(net(padded)[:, :4], net(x))
+
+
+def test_network_scores_chosen_slots_as_its_full_pass() -> None:
+    torch.manual_seed(0)
+    net = DeepSetQNetwork(5, phi_arch=(16,), rho_arch=(16, 8))
+    x = torch.rand(6, 7, 5)
+    x[0, 3:] = 0.0  # empty slots stay out of the context in both passes
+    slots = torch.tensor([0, 6, 3, 2, 2, 5])
+    chosen = net(x, slots=slots)
+    assert chosen.shape == (6,)
+    torch.testing.assert_close(chosen, net(x).gather(1, slots[:, None])[:, 0])
+    with pytest.raises(ValueError, match="dueling"):
+        DeepSetQNetwork(5, dueling=True)(x, slots=slots)
+
+
+def test_numpy_mean_weights_equal_the_networks() -> None:
+    rows = np.random.default_rng(0).random((5, 7, 3), dtype=np.float32)
+    rows[1, 2:] = 0.0
+    rows[2] = 0.0  # no valid slot: all weights 0
+    rows[3, ::2] = 0.0
+    net, obs = DeepSetQNetwork(3), torch.from_numpy(rows)
+    ours = mean_weights_numpy(rows)
+    assert ours.dtype == np.float32
+    assert torch.equal(torch.from_numpy(ours), net.mean_weights(obs))  # bitwise, as training
+    assert torch.equal(net(obs, torch.from_numpy(ours)), net(obs))
 
 
 def test_network_rejects_bad_shapes() -> None:
@@ -258,6 +285,94 @@ def test_train_step_matches_a_per_sample_reference(
     np.testing.assert_array_equal(indices, batch.indices)
     np.testing.assert_allclose(td, td_errors, rtol=1e-4, atol=1e-5)  # the taken action's TD
     assert model.state.n_updates == 1
+
+
+def _plain_q_values(net: DeepSetQNetwork, obs: torch.Tensor) -> torch.Tensor:
+    """The DeepSets forward through its modules, every slot scored: the update's reference."""
+    batch, weights = obs.shape[0], net.mean_weights(obs)
+    embedding = net.phi(obs.reshape(-1, net.num_features))
+    sets = embedding.view(batch, -1, embedding.shape[-1])
+    context = torch.bmm(weights.unsqueeze(1), sets).squeeze(1)
+    width = net.rho_embedding.out_features
+    hidden = net.rho_embedding(embedding).view(batch, -1, width)
+    hidden = hidden + net.rho_context(context).unsqueeze(1)
+    return net.rho(hidden.view(-1, width)).view(batch, -1)
+
+
+@pytest.mark.parametrize("counterfactual", [False, True])
+def test_train_step_is_the_plain_update_bit_for_bit(
+    tiny_store: FeatureStore, monkeypatch: pytest.MonkeyPatch, counterfactual: bool
+) -> None:
+    """The update's shortcuts (functional layers, the target scoring only the chosen slots,
+    NumPy-side masks, clipping and Polyak without torch's per-call loops) change no bit of it."""
+    env = make_env(tiny_store)
+    model = DDQN(env, seed=0, learning_starts=10**6, tau=0.1, counterfactual_targets=counterfactual)
+    model.config = dataclasses.replace(model.config, max_grad_norm=0.05)  # clipping is active
+    model.learn(200)  # fills the replay; no training yet
+    batches, priorities = [], []
+    real_sample = model.replay_buffer.sample
+
+    def sample(*args: Any) -> Any:
+        batches.append(real_sample(*args))
+        return batches[-1]
+
+    monkeypatch.setattr(model.replay_buffer, "sample", sample)
+    monkeypatch.setattr(
+        model.replay_buffer, "update_priorities", lambda i, td: priorities.append(td)
+    )
+    online, target = copy.deepcopy(model.q_net), copy.deepcopy(model.q_net_target)
+    optimizer = torch.optim.Adam(online.parameters(), lr=model.config.learning_rate, fused=True)
+    model._train_step(beta=0.7)
+
+    batch = batches[0]
+    obs, next_obs = (
+        torch.as_tensor(env.unwrapped.observation_from_compact(states))
+        for states in (batch.obs, batch.next_obs)
+    )
+    masks = torch.as_tensor(batch.next_action_masks)
+    masks |= ~masks.any(dim=1, keepdim=True)
+    with torch.no_grad():
+        best = _plain_q_values(online, next_obs).masked_fill(~masks, -torch.inf).argmax(1)
+        next_q = _plain_q_values(target, next_obs).gather(1, best[:, None])[:, 0]
+        targets = torch.as_tensor(batch.returns) + torch.as_tensor(batch.discounts) * next_q
+    q_all = _plain_q_values(online, obs)
+    q = q_all.gather(1, torch.as_tensor(batch.actions)[:, None])[:, 0]
+    if counterfactual:
+        rewards = env.unwrapped.candidate_rewards(batch.obs)
+        all_targets, share = model._counterfactual(rewards, batch.actions, targets)
+        per_sample = (F.smooth_l1_loss(q_all, all_targets, reduction="none") * share).sum(1)
+    else:
+        per_sample = F.smooth_l1_loss(q, targets, reduction="none")
+    optimizer.zero_grad()
+    (torch.as_tensor(batch.weights) * per_sample).mean().backward()
+    torch.nn.utils.clip_grad_norm_(online.parameters(), 0.05, foreach=True)
+    optimizer.step()
+    with torch.no_grad():
+        for old, new in zip(target.parameters(), online.parameters(), strict=True):
+            old.lerp_(new, 0.1)
+
+    for ours, ref in zip(model.q_net.parameters(), online.parameters(), strict=True):
+        assert torch.equal(ours, ref)
+    for ours, ref in zip(model.q_net_target.parameters(), target.parameters(), strict=True):
+        assert torch.equal(ours, ref)
+    np.testing.assert_array_equal(priorities[0], (q - targets).detach().numpy())
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3], ids=["clipped", "unclipped"])
+def test_gradient_clipping_is_torchs_bit_for_bit(tiny_store: FeatureStore, max_norm: float) -> None:
+    model = DDQN(make_env(tiny_store), seed=0)
+    torch.manual_seed(0)
+    grads = [torch.randn_like(p) for p in model._params]
+    for parameter, grad in zip(model._params, grads, strict=True):
+        parameter.grad = grad.clone()
+    model._clip_gradients(max_norm)
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in model._params]
+    for parameter, grad in zip(reference, grads, strict=True):
+        parameter.grad = grad.clone()
+    torch.nn.utils.clip_grad_norm_(reference, max_norm, foreach=True)
+    for ours, theirs in zip(model._params, reference, strict=True):
+        assert torch.equal(ours.grad, theirs.grad)
+    assert torch.equal(model._params[0].grad, grads[0]) == (max_norm > 1)
 
 
 def _goal_model(store: FeatureStore, num_envs: int | None = None, **kwargs: Any) -> DDQN:

@@ -290,9 +290,15 @@ def test_compact_state_rebuilds_the_observation(tiny_store) -> None:
     [{"target_class": "class1"}, {"target_class": "random"}, {"features": "uncertainty"}],
     ids=["fixed", "goal", "some-columns"],
 )
-def test_a_batch_rebuilds_as_its_states_one_by_one(tiny_store, options) -> None:
-    """A batch of at least 256 rows takes the builder's batch gather, one state the whole-row
-    one: both give the same rows, empty slots included."""
+@pytest.mark.parametrize("row_width", ["narrow", "wide"])
+def test_a_batch_rebuilds_as_its_states_one_by_one(
+    tiny_store, options, row_width, monkeypatch
+) -> None:
+    """A batch of at least 256 rows takes whole store rows when they are narrow, else the
+    builder's gather of the kept columns; one state the whole-row gather: all give the same
+    rows, empty slots included."""
+    if row_width == "wide":  # the tiny store's rows are narrow: gather their columns anyway
+        monkeypatch.setattr("misical_gym.envs.core._WHOLE_ROWS_UP_TO_COLUMNS", 0)
     env = make(tiny_store, budget=5, pool_size=6, **options).unwrapped
     states = []
     for episode in range(12):
