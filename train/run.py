@@ -424,7 +424,8 @@ def _truncate_tensorboard(run_dir: Path, step: int) -> None:
     made now sorts after every kept file."""
     from tensorboard.compat.proto.event_pb2 import Event
 
-    for events in run_dir.glob("tb_*/events.out.tfevents.*"):
+    files = list(run_dir.glob("tb_*/events.out.tfevents.*"))  # a rewrite keeps its name
+    for events in files:
         data, kept, offset = events.read_bytes(), bytearray(), 0
         while offset + 12 <= len(data):  # TFRecord: length, its CRC, payload, payload CRC
             length = int.from_bytes(data[offset : offset + 8], "little")
@@ -440,7 +441,7 @@ def _truncate_tensorboard(run_dir: Path, step: int) -> None:
     # TensorBoard reads a folder's event files in name order, and a name starts with the second
     # its writer was made (then host and pid): a resumed writer made in the killed one's second
     # could sort first, and its points would be read before the earlier ones.
-    made = [p.name.split(".")[3] for p in run_dir.glob("tb_*/events.out.tfevents.*")]
+    made = [p.name.split(".")[3] for p in files]
     latest = max((int(s) for s in made if s.isdigit()), default=-1)
     while int(time.time()) <= latest:
         time.sleep(0.05)
