@@ -5,9 +5,10 @@ object: wall seconds; how loaded the machine was (it may be shared): the CPU cou
 load average sampled every 10 s during the run, and the CPU seconds this process got per wall
 second; and the frozen segmenter's test IoU for every class, as the store's manifest records it.
 ``--out`` keeps the store (default: a temporary folder, removed afterwards); ``--json FILE`` also
-writes the report there.
+writes the report there; ``--epochs`` and ``--train-crop`` time a variant of the preset.
 
-Usage: ``python benchmarks/prepare_camvid.py --root DIR [--out DIR] [--json FILE] [--threads N]``.
+Usage: ``python benchmarks/prepare_camvid.py --root DIR [--out DIR] [--json FILE] [--threads N]
+[--epochs N] [--train-crop PX]``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="store directory to keep (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
+    parser.add_argument("--epochs", type=int, help="segmenter epochs (default: the preset's)")
+    parser.add_argument("--train-crop", type=int, help="training window (default: the preset's)")
     args = parser.parse_args()
 
     from misical_gym.prepare import CAMVID_DEFAULTS, prepare_camvid
@@ -49,8 +52,13 @@ def main() -> None:
         sampler.start()
         start = time.perf_counter()
         try:
+            variant = {
+                key: value
+                for key, value in {"epochs": args.epochs, "train_crop": args.train_crop}.items()
+                if value is not None
+            }
             store = prepare_camvid(
-                args.root, out, overwrite=args.out is not None, threads=args.threads
+                args.root, out, overwrite=args.out is not None, threads=args.threads, **variant
             )
         finally:
             seconds = time.perf_counter() - start
@@ -59,8 +67,11 @@ def main() -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         segmenter = store.manifest["segmenter"]
         report = {
-            "command": "misical prepare camvid --root DIR",
-            "defaults": CAMVID_DEFAULTS,
+            "command": " ".join(
+                ["misical prepare camvid --root DIR"]
+                + [f"--{key.replace('_', '-')} {value}" for key, value in variant.items()]
+            ),
+            "settings": {**CAMVID_DEFAULTS, **variant},
             "seconds": round(seconds, 1),
             "cpus": os.cpu_count(),
             "threads": store.manifest["config"]["prepare"]["threads"],

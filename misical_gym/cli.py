@@ -79,6 +79,7 @@ def _add_prepare(commands: Any) -> None:
         default_name: str,
         init_fraction: float = 0.1,
         epochs: int = 20,
+        train_crop: int | None = None,
     ) -> None:
         sub.add_argument(
             "--out",
@@ -107,6 +108,18 @@ def _add_prepare(commands: Any) -> None:
             "MC-dropout pass",
         )
         sub.add_argument("--epochs", type=int, default=epochs, help=f"segmenter epochs ({epochs})")
+        sub.add_argument(
+            "--train-crop",
+            type=int,
+            metavar="PX",
+            help="train the segmenter on a random PX x PX window of each image per epoch; "
+            "PX = --image-size trains on whole images (default: "
+            + (
+                "whole images)"
+                if train_crop is None
+                else f"{train_crop} when --image-size is larger, else whole images)"
+            ),
+        )
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sub.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
@@ -208,6 +221,7 @@ def _add_prepare(commands: Any) -> None:
         "camvid",
         init_fraction=CAMVID_DEFAULTS["init_fraction"],
         epochs=CAMVID_DEFAULTS["epochs"],
+        train_crop=CAMVID_DEFAULTS["train_crop"],
     )
 
 
@@ -232,8 +246,17 @@ def _add_outside_root(parser: argparse.ArgumentParser, what: str) -> None:
 def _run_prepare(args: argparse.Namespace) -> int:
     from misical_gym.data import PatchGrid
     from misical_gym.paths import default_store_path
-    from misical_gym.prepare import PrepareConfig, prepare, prepare_camvid, prepare_synthetic
+    from misical_gym.prepare import (
+        PrepareConfig,
+        camvid_config,
+        prepare,
+        prepare_camvid,
+        prepare_synthetic,
+    )
 
+    train_crop = args.train_crop
+    if args.dataset == "camvid" and train_crop is None:
+        train_crop = camvid_config(image_size=args.image_size).train_crop
     config = PrepareConfig(
         grid=PatchGrid.parse(args.grid),
         init_fraction=args.init_fraction,
@@ -241,6 +264,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         mc_stride=args.mc_stride,
         uncertainty=tuple(m.strip() for m in args.uncertainty.split(",") if m.strip()),
         epochs=args.epochs,
+        train_crop=train_crop,
         image_size=None if args.dataset == "synthetic" else args.image_size,
         device=args.device,
         seed=args.seed,

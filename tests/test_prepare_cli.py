@@ -51,6 +51,17 @@ def test_prepare_synthetic_writes_a_complete_store(tiny_synthetic) -> None:
     }
 
 
+def test_training_windows_are_recorded_and_whole_images_leave_no_trace(
+    tiny_synthetic, tmp_path
+) -> None:
+    config = tiny_synthetic.manifest["config"]
+    assert "train_crop" not in config["prepare"] and "crop" not in config["segmenter_training"]
+    out = tmp_path / "cropped"
+    assert main(["prepare", "synthetic", "--out", str(out), *TINY, "--train-crop", "32"]) == 0
+    config = FeatureStore.open(out).manifest["config"]
+    assert config["prepare"]["train_crop"] == 32 and config["segmenter_training"]["crop"] == 32
+
+
 def test_store_reaches_its_images_again(tiny_synthetic) -> None:
     from misical_gym.data import open_dataset
 
@@ -241,6 +252,7 @@ def test_extra_uncertainty_columns_leave_the_default_ones_as_they_were(tmp_path)
         (["prepare", "synthetic", "--mc-samples", "0"], "mc-samples"),
         (["prepare", "synthetic", "--init-fraction", "1.5"], "init_fraction"),
         (["prepare", "synthetic", "--threads", "0"], "threads"),
+        (["prepare", "synthetic", "--train-crop", "4"], "--train-crop must be at least 8"),
         (["prepare", "synthetic", "--uncertainty", "bald,mutual"], "unknown uncertainty metric"),
         (["prepare", "coco10k", "--root", "/nonexistent/cocostuff"], "/nonexistent/cocostuff"),
         (["inspect", "/nonexistent/store"], "misical prepare"),

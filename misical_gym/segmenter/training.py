@@ -48,6 +48,10 @@ class TrainConfig:
     """Cross-entropy class weights: ``sqrt``, ``inverse`` or ``none``."""
     max_class_weight: float = 50.0
     """Cap of any class weight."""
+    crop: int | None = None
+    """Train on one random ``crop`` x ``crop`` window of every image per epoch (None: whole
+    images). The network is fully convolutional and still predicts whole images; a step costs
+    the crop's share of the pixels, and the windows add translation augmentation."""
     seed: int = 0
     """Seed of initialisation, shuffling and dropout: the same seed gives the same model on CPU."""
 
@@ -59,6 +63,8 @@ class TrainConfig:
             )
         if self.epochs < 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError(f"invalid training settings: {self}")
+        if self.crop is not None and self.crop < 8:
+            raise ValueError(f"crop must be at least 8 px, got {self.crop}")
 
 
 def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -97,13 +103,15 @@ def train_segmenter(
     device: str | torch.device = "auto",
     val_images: np.ndarray | None = None,
     val_labels: np.ndarray | None = None,
+    val_every: int = 1,
     log_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place with class-weighted cross-entropy (255 = ignore).
 
     Works from scratch or as fine-tuning of a loaded checkpoint; labels may be mostly 255 (only
-    acquired patches labelled). Random horizontal flips augment the images.
+    acquired patches labelled). Random horizontal flips augment the images, and random windows
+    too with ``config.crop``.
 
     Args:
         model: A segmenter with ``encode``/``head`` (``forward`` = ``head(encode(x))``).
@@ -111,18 +119,26 @@ def train_segmenter(
         labels: uint8 ``[N, H, W]`` train ids, 255 = ignore.
         config: Training settings.
         device: ``auto``, ``cpu`` or ``cuda``.
-        val_images: Optional validation images; their mIoU is logged after every epoch.
+        val_images: Optional validation images; their mIoU is logged every ``val_every``
+            epochs and after the last.
         val_labels: Their labels.
+        val_every: Epochs between validations (validation never changes the training).
         log_dir: TensorBoard directory for ``segmenter/loss`` and ``segmenter/val_miou``.
         progress: Show a progress bar.
 
     Returns:
-        One dict per epoch with ``loss`` (and ``val_miou`` when validating).
+        One dict per epoch with ``loss`` (and ``val_miou`` in the epochs that validated).
     """
     if images.shape[:3] != labels.shape or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"images must be [N, H, W, 3] and labels [N, H, W]; got {images.shape}, {labels.shape}"
         )
+    if config.crop is not None and config.crop > min(images.shape[1:3]):
+        raise ValueError(
+            f"crop {config.crop} is larger than the {images.shape[1]}x{images.shape[2]} images"
+        )
+    if val_every < 1:
+        raise ValueError(f"val_every must be at least 1, got {val_every}")
     device = resolve_device(device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -148,8 +164,13 @@ def train_segmenter(
         total, seen = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            x = to_tensor(images[batch], device)
-            y = torch.from_numpy(labels[batch].astype(np.int64)).to(device)
+            batch_images, batch_labels = images[batch], labels[batch]
+            if config.crop is not None:
+                batch_images, batch_labels = _random_windows(
+                    batch_images, batch_labels, config.crop, rng
+                )
+            x = to_tensor(batch_images, device)
+            y = torch.from_numpy(batch_labels.astype(np.int64)).to(device)
             flip = torch.from_numpy(rng.random(len(batch)) < 0.5).to(device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             y = torch.where(flip[:, None, None], y.flip(-1), y)
@@ -163,7 +184,8 @@ def train_segmenter(
             total += loss.item() * len(batch)
             seen += len(batch)
         record = {"loss": total / max(seen, 1)}
-        if val_images is not None and val_labels is not None and len(val_images):
+        validate = (epoch + 1) % val_every == 0 or epoch + 1 == config.epochs
+        if validate and val_images is not None and val_labels is not None and len(val_images):
             iou = segment_iou(model, val_images, val_labels, device=device)
             record["val_miou"] = float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
         history.append(record)
@@ -175,6 +197,20 @@ def train_segmenter(
         writer.close()
     model.eval()
     return history
+
+
+def _random_windows(
+    images: np.ndarray, labels: np.ndarray, side: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One random ``side`` x ``side`` window of each image and of its label."""
+    height, width = images.shape[1:3]
+    tops = rng.integers(0, height - side + 1, len(images))
+    lefts = rng.integers(0, width - side + 1, len(images))
+    windows = [np.s_[y : y + side, x : x + side] for y, x in zip(tops, lefts, strict=True)]
+    return (
+        np.stack([image[w] for image, w in zip(images, windows, strict=True)]),
+        np.stack([label[w] for label, w in zip(labels, windows, strict=True)]),
+    )
 
 
 def _summary_writer(log_dir: str | os.PathLike[str] | None) -> Any:
@@ -304,5 +340,12 @@ def load_segmenter(path: str | os.PathLike[str], device: str | torch.device = "c
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:
-    """The training settings as a plain dict (for manifests and run configs)."""
-    return asdict(config)
+    """The training settings as a plain dict (for manifests and run configs).
+
+    ``crop`` is left out when it is None, so the record of a whole-image run, and the
+    ``prepare`` cache key built from it, are what they were before crops existed.
+    """
+    out = asdict(config)
+    if out["crop"] is None:
+        del out["crop"]
+    return out

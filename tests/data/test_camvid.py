@@ -11,7 +11,7 @@ from PIL import Image
 
 from misical_gym.data import MaskFolder, open_dataset
 from misical_gym.data.camvid import CAMVID_TABLE, camvid_datasets
-from misical_gym.prepare import CAMVID_DEFAULTS, prepare
+from misical_gym.prepare import CAMVID_DEFAULTS, PrepareConfig, camvid_config, prepare
 from misical_gym.store import SPLITS, FeatureStore
 
 CAMVID = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "camvid"
@@ -108,3 +108,27 @@ def test_prepare_camvid_command_writes_the_preset_store(camvid: Path, tmp_path: 
     env = gym.make("MiSiCAL-Store", root=str(out), budget=4)
     _, info = env.reset(seed=0)
     assert store.class_names[info["target_class"]] == "Pedestrian"
+
+
+@pytest.mark.parametrize(
+    ("settings", "train_crop"),
+    [
+        ({}, 128),
+        ({"image_size": 256}, 128),
+        ({"image_size": None}, 128),  # native 360x480 frames
+        ({"image_size": 128}, None),  # a window as large as the image would be the image
+        ({"image_size": 96}, None),
+        ({"image_size": 96, "train_crop": 64}, 64),
+    ],
+)
+def test_the_presets_training_window_applies_to_images_larger_than_it(
+    settings: dict, train_crop: int | None
+) -> None:
+    config = camvid_config(**settings)
+    assert config.train_crop == train_crop
+    assert config.epochs == CAMVID_DEFAULTS["epochs"]
+
+
+def test_a_training_window_larger_than_the_images_is_refused() -> None:
+    with pytest.raises(ValueError, match="at most --image-size"):
+        PrepareConfig(image_size=96, train_crop=128)

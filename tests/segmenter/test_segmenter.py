@@ -63,6 +63,69 @@ def test_training_learns_and_is_deterministic() -> None:
     assert iou[0] > 0.8 and iou[1] > 0.8 and iou[2] > 0.3
 
 
+def test_training_on_random_windows_learns_whole_images_and_is_deterministic() -> None:
+    images, labels = toy_data(size=24)
+    config = TrainConfig(epochs=20, batch_size=4, crop=12, seed=3)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        model = SmallUNet(num_classes=3, width=8)
+        history = train_segmenter(model, images, labels, config, device="cpu", progress=False)
+        weights.append(torch.cat([p.flatten() for p in model.state_dict().values()]))
+    assert torch.equal(weights[0], weights[1])
+    assert history[-1]["loss"] < history[0]["loss"]
+    # Trained on 12-px windows, measured on the whole 24-px images.
+    iou = segment_iou(model, images, labels, device="cpu")
+    assert iou[0] > 0.8 and iou[1] > 0.8 and iou[2] > 0.3
+    torch.manual_seed(7)
+    whole = SmallUNet(num_classes=3, width=8)
+    train_segmenter(
+        whole,
+        images,
+        labels,
+        TrainConfig(epochs=20, batch_size=4, seed=3),
+        device="cpu",
+        progress=False,
+    )
+    assert not torch.equal(
+        weights[0], torch.cat([p.flatten() for p in whole.state_dict().values()])
+    )
+
+
+@pytest.mark.parametrize(("crop", "match"), [(4, "at least 8"), (17, "larger than the 16x16")])
+def test_a_bad_training_window_is_refused(crop: int, match: str) -> None:
+    images, labels = toy_data()
+    with pytest.raises(ValueError, match=match):
+        config = TrainConfig(epochs=1, crop=crop)
+        train_segmenter(SmallUNet(3, 4), images, labels, config, device="cpu", progress=False)
+
+
+def test_validation_every_k_epochs_and_after_the_last_leaves_training_unchanged() -> None:
+    images, labels = toy_data()
+    config = TrainConfig(epochs=5, batch_size=4, seed=3)
+    runs = []
+    for val_every in (1, 2):
+        torch.manual_seed(7)
+        model = SmallUNet(num_classes=3, width=4)
+        history = train_segmenter(
+            model,
+            images,
+            labels,
+            config,
+            device="cpu",
+            progress=False,
+            val_images=images[:3],
+            val_labels=labels[:3],
+            val_every=val_every,
+        )
+        runs.append((history, torch.cat([p.flatten() for p in model.state_dict().values()])))
+    (every, weights_every), (second, weights_second) = runs
+    assert all("val_miou" in record for record in every)
+    assert ["val_miou" in record for record in second] == [False, True, False, True, True]
+    assert torch.equal(weights_every, weights_second)
+    assert [r["loss"] for r in every] == [r["loss"] for r in second]
+
+
 def test_fine_tuning_on_mostly_ignored_labels() -> None:
     images, labels = toy_data()
     partial = np.full_like(labels, 255)
