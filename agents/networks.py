@@ -125,8 +125,10 @@ class DeepSetQNetwork(nn.Module):
             weights = self.mean_weights(obs)
         # Every candidate of every set as one row: 2-D products, cheaper than 3-D ones backwards.
         x = obs.reshape(-1, self.num_features)  # [B * K, F]
+        # In place on each layer's fresh output (no op saves it for backward): the same values
+        # without allocating a second [B * K, H] tensor per op.
         for layer in self._phi_layers:
-            x = torch.relu(F.linear(x, layer.weight, layer.bias))
+            x = torch.relu_(F.linear(x, layer.weight, layer.bias))
         embedding = x  # [B * K, H]
         # The mean over the valid slots as one batched product: fewer ops than mask, sum, divide.
         sets = embedding.view(batch, -1, embedding.shape[-1])  # [B, K, H]
@@ -141,7 +143,7 @@ class DeepSetQNetwork(nn.Module):
             return self._score(hidden).view(batch)
         width = first.out_features
         hidden = F.linear(embedding, first.weight, first.bias).view(batch, -1, width)
-        hidden = hidden + F.linear(context, by_context.weight).unsqueeze(1)  # [B, K, H']
+        hidden.add_(F.linear(context, by_context.weight).unsqueeze(1))  # [B, K, H']
         scores = self._score(hidden.view(-1, width)).view(batch, -1)  # [B, K]
         if self.value is None:
             return scores
@@ -151,7 +153,7 @@ class DeepSetQNetwork(nn.Module):
     def _score(self, hidden: torch.Tensor) -> torch.Tensor:
         """``rho`` after its first layer: ReLU, Linear, ... on ``[rows, H']``."""
         for layer in self._rho_layers:
-            hidden = F.linear(torch.relu(hidden), layer.weight, layer.bias)
+            hidden = F.linear(torch.relu_(hidden), layer.weight, layer.bias)
         return hidden
 
 
