@@ -57,10 +57,6 @@ POLICY_KWARGS: tuple[str, ...] = ("phi_arch", "rho_arch", "dueling")
 _CHECKPOINT_VERSION = 2
 """Version 2 holds plain data and tensors only (read with ``weights_only=True``); version 1
 files were pickles and are refused."""
-_NUMPY_SETS = 8
-"""Up to this many observations, a CPU model scores them in NumPy (:class:`NumpyQNetwork`):
-about 15 against 40 us for one env's, 38 against 55 us for eight; from about 16 torch is faster
-(NumPy's BLAS goes multi-threaded there)."""
 _FORMER_NETWORK: dict[str, Any] = {"phi_arch": [128, 128], "rho_arch": [128]}
 """The default Q-network of checkpoints that do not name theirs (written before the default
 became phi [32], rho [32]); their ``policy_kwargs`` override it."""
@@ -489,7 +485,8 @@ class DDQN(Learner):
         rows = np.asarray(rows, dtype=np.float32)
         # The slot weights in NumPy: on one env's rows its few ops cost less than torch's.
         weights = mean_weights_numpy(rows)
-        if self._numpy_q is not None and len(rows) <= _NUMPY_SETS:
+        # A few rows (one env's: about 15 against 40 us) in NumPy, larger batches in torch.
+        if self._numpy_q is not None and rows.shape[0] * rows.shape[1] <= self._numpy_q.max_rows:
             return self._numpy_q(rows, weights)
         with torch.inference_mode():
             q = self.q_net(

@@ -157,6 +157,13 @@ class DeepSetQNetwork(nn.Module):
         return hidden
 
 
+_SINGLE_THREAD_MACS = 2**18
+"""OpenBLAS, NumPy's BLAS, runs a product of more multiply-adds than this on several threads,
+which on a shared CPU cost more than torch's dispatch saves: the native vector env of 8
+COCO-shaped envs learned at 123-129 env-steps/s with NumPy scoring its 8 observations, 469
+with torch (two runs and one, under a load average near 3)."""
+
+
 class NumpyQNetwork:
     """A :class:`DeepSetQNetwork`'s forward pass in NumPy, for acting on one env's few rows.
 
@@ -182,6 +189,9 @@ class NumpyQNetwork:
             if net.value is None
             else arrays([m for m in net.value.modules() if isinstance(m, nn.Linear)])
         )
+        per_row = max(w.size for w, _ in (*self._phi, self._first, *self._rho))
+        self.max_rows = max(_SINGLE_THREAD_MACS // per_row, 1)
+        """Candidate rows (sets times K) up to which each product stays single-threaded."""
 
     def __call__(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """``[B, K]`` Q-values of float32 rows ``[B, K, F]`` with ``mean_weights_numpy(rows)``."""
