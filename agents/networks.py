@@ -125,8 +125,10 @@ class DeepSetQNetwork(nn.Module):
             weights = self.mean_weights(obs)
         # Every candidate of every set as one row: 2-D products, cheaper than 3-D ones backwards.
         x = obs.reshape(-1, self.num_features)  # [B * K, F]
+        # In place on each layer's fresh output (no op saves it for backward): the same values
+        # without allocating a second [B * K, H] tensor per op.
         for layer in self._phi_layers:
-            x = torch.relu(F.linear(x, layer.weight, layer.bias))
+            x = torch.relu_(F.linear(x, layer.weight, layer.bias))
         embedding = x  # [B * K, H]
         # The mean over the valid slots as one batched product: fewer ops than mask, sum, divide.
         sets = embedding.view(batch, -1, embedding.shape[-1])  # [B, K, H]
@@ -141,7 +143,7 @@ class DeepSetQNetwork(nn.Module):
             return self._score(hidden).view(batch)
         width = first.out_features
         hidden = F.linear(embedding, first.weight, first.bias).view(batch, -1, width)
-        hidden = hidden + F.linear(context, by_context.weight).unsqueeze(1)  # [B, K, H']
+        hidden.add_(F.linear(context, by_context.weight).unsqueeze(1))  # [B, K, H']
         scores = self._score(hidden.view(-1, width)).view(batch, -1)  # [B, K]
         if self.value is None:
             return scores
@@ -151,8 +153,74 @@ class DeepSetQNetwork(nn.Module):
     def _score(self, hidden: torch.Tensor) -> torch.Tensor:
         """``rho`` after its first layer: ReLU, Linear, ... on ``[rows, H']``."""
         for layer in self._rho_layers:
-            hidden = F.linear(torch.relu(hidden), layer.weight, layer.bias)
+            hidden = F.linear(torch.relu_(hidden), layer.weight, layer.bias)
         return hidden
+
+
+_SINGLE_THREAD_MACS = 2**18
+"""OpenBLAS, NumPy's BLAS, runs a product of more multiply-adds than this on several threads,
+which on a shared CPU cost more than torch's dispatch saves: the native vector env of 8
+COCO-shaped envs learned at 123-129 env-steps/s with NumPy scoring its 8 observations, 469
+with torch (two runs and one, under a load average near 3)."""
+
+
+class NumpyQNetwork:
+    """A :class:`DeepSetQNetwork`'s forward pass in NumPy, for acting on one env's few rows.
+
+    On a CPU, torch's per-op dispatch is most of the cost of scoring one observation (K rows):
+    about 40 us against NumPy's 15 on the synthetic store's. The arrays are views of the
+    network's parameter tensors, so in-place updates (optimiser steps, ``load_state_dict``)
+    show here without a copy. The values equal the network's up to float32 rounding (another
+    BLAS sums in another order), so an argmax can differ on a near-tie.
+    """
+
+    def __init__(self, net: DeepSetQNetwork) -> None:
+        """Mirror ``net``, whose parameters must be CPU float32 tensors."""
+
+        def arrays(layers: Sequence[nn.Linear]) -> list[tuple[np.ndarray, np.ndarray]]:
+            return [(m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in layers]
+
+        self._phi = arrays(net._phi_layers)
+        self._rho = arrays(net._rho_layers)
+        self._first = arrays([net.rho_embedding])[0]
+        self._by_context = net.rho_context.weight.detach().numpy().T
+        self._value = (
+            None
+            if net.value is None
+            else arrays([m for m in net.value.modules() if isinstance(m, nn.Linear)])
+        )
+        per_row = max(w.size for w, _ in (*self._phi, self._first, *self._rho))
+        self.max_rows = max(_SINGLE_THREAD_MACS // per_row, 1)
+        """Candidate rows (sets times K) up to which each product stays single-threaded."""
+
+    def __call__(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``[B, K]`` Q-values of float32 rows ``[B, K, F]`` with ``mean_weights_numpy(rows)``."""
+        batch, k = weights.shape
+        x = rows.reshape(batch * k, -1)  # 2-D products, as the network's forward
+        for weight, bias in self._phi:
+            x = np.dot(x, weight)
+            x += bias
+            np.maximum(x, 0.0, out=x)
+        context = (weights[:, None, :] @ x.reshape(batch, k, -1))[:, 0]  # [B, H]
+        weight, bias = self._first
+        hidden = np.dot(x, weight)
+        hidden += bias
+        hidden = hidden.reshape(batch, k, -1)
+        hidden += (context @ self._by_context)[:, None, :]
+        hidden = hidden.reshape(batch * k, -1)
+        for weight, bias in self._rho:
+            np.maximum(hidden, 0.0, out=hidden)
+            hidden = np.dot(hidden, weight)
+            hidden += bias
+        scores = hidden.reshape(batch, k)
+        if self._value is None:
+            return scores
+        value = context
+        for i, (weight, bias) in enumerate(self._value):
+            value = value @ weight + bias
+            if i < len(self._value) - 1:
+                np.maximum(value, 0.0, out=value)
+        return value + scores - (scores * weights).sum(axis=1, keepdims=True)
 
 
 def mean_weights_numpy(rows: np.ndarray) -> np.ndarray:

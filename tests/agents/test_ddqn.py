@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import misical_gym  # noqa: F401 (registers the environments)
 from misical_gym.agents import DDQN, DeepSetQNetwork
-from misical_gym.agents.networks import mean_weights_numpy
+from misical_gym.agents.networks import NumpyQNetwork, mean_weights_numpy
 from misical_gym.store import FeatureStore
 from misical_gym.testing import write_random_store
 
@@ -113,6 +113,56 @@ def test_numpy_mean_weights_equal_the_networks() -> None:
     assert ours.dtype == np.float32
     assert torch.equal(torch.from_numpy(ours), net.mean_weights(obs))  # bitwise, as training
     assert torch.equal(net(obs, torch.from_numpy(ours)), net(obs))
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [{}, {"dueling": True}, {"phi_arch": (16, 8), "rho_arch": (12, 6)}, {"rho_arch": ()}],
+    ids=["default", "dueling", "deeper", "no-rho"],
+)
+def test_numpy_network_scores_as_the_network(arch: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    net = DeepSetQNetwork(6, **arch)
+    mirror = NumpyQNetwork(net)
+    rows = np.random.default_rng(0).random((3, 9, 6), dtype=np.float32)
+    rows[1, 5:] = 0.0  # empty slots stay out of the context
+    weights = mean_weights_numpy(rows)
+    ours = mirror(rows, weights)
+    assert ours.dtype == np.float32 and ours.shape == (3, 9)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours, net(torch.from_numpy(rows)).numpy(), rtol=1e-5, atol=1e-6)
+        # Views of the parameters: an in-place update (an optimiser step) shows without a copy.
+        for parameter in net.parameters():
+            parameter.add_(0.1)
+        np.testing.assert_allclose(
+            mirror(rows, weights), net(torch.from_numpy(rows)).numpy(), rtol=1e-5, atol=1e-6
+        )
+    assert not np.allclose(mirror(rows, weights), ours)
+
+
+def test_acting_scores_in_numpy_as_in_torch(tiny_store: FeatureStore) -> None:
+    model = DDQN(make_env(tiny_store), seed=0, device="cpu")
+    rows = np.random.default_rng(0).random((100, 8, model.candidate_shape[1]), dtype=np.float32)
+    with torch.no_grad():
+        reference = model.q_net(torch.from_numpy(rows)).numpy()
+    assert model._numpy_q is not None
+    largest = model._numpy_q.max_rows // 8  # sets of K = 8 that NumPy scores
+    assert 1 <= largest < 100
+    for size in (1, largest, largest + 1, 100):  # NumPy, then torch
+        ours = model.scores(rows[:size])
+        np.testing.assert_allclose(ours, reference[:size], rtol=1e-5, atol=1e-6)
+
+
+def test_random_actions_draw_what_generator_choice_draws(tiny_store: FeatureStore) -> None:
+    model = DDQN(make_env(tiny_store), seed=0)
+    masks = np.random.default_rng(1).random((200, 8)) < 0.5
+    masks[0] = False  # nothing valid: any slot
+    reference = np.random.default_rng(7)
+    model._rng = np.random.default_rng(7)
+    for mask in masks:
+        valid = np.flatnonzero(mask)
+        expected = reference.choice(valid) if valid.size else reference.integers(mask.size)
+        assert model._random_action(mask) == expected
 
 
 def test_network_rejects_bad_shapes() -> None:
@@ -304,7 +354,8 @@ def test_train_step_is_the_plain_update_bit_for_bit(
     tiny_store: FeatureStore, monkeypatch: pytest.MonkeyPatch, counterfactual: bool
 ) -> None:
     """The update's shortcuts (functional layers, the target scoring only the chosen slots,
-    NumPy-side masks, clipping and Polyak without torch's per-call loops) change no bit of it."""
+    NumPy-side masks, clipping, Adam and Polyak without torch's per-call loops) change no bit of
+    it; two updates, so that the second runs Adam's fused kernel on the state the first made."""
     env = make_env(tiny_store)
     model = DDQN(env, seed=0, learning_starts=10**6, tau=0.1, counterfactual_targets=counterfactual)
     model.config = dataclasses.replace(model.config, max_grad_norm=0.05)  # clipping is active
@@ -322,40 +373,44 @@ def test_train_step_is_the_plain_update_bit_for_bit(
     )
     online, target = copy.deepcopy(model.q_net), copy.deepcopy(model.q_net_target)
     optimizer = torch.optim.Adam(online.parameters(), lr=model.config.learning_rate, fused=True)
-    model._train_step(beta=0.7)
+    for _ in range(2):
+        model._train_step(beta=0.7)
 
-    batch = batches[0]
-    obs, next_obs = (
-        torch.as_tensor(env.unwrapped.observation_from_compact(states))
-        for states in (batch.obs, batch.next_obs)
-    )
-    masks = torch.as_tensor(batch.next_action_masks)
-    masks |= ~masks.any(dim=1, keepdim=True)
-    with torch.no_grad():
-        best = _plain_q_values(online, next_obs).masked_fill(~masks, -torch.inf).argmax(1)
-        next_q = _plain_q_values(target, next_obs).gather(1, best[:, None])[:, 0]
-        targets = torch.as_tensor(batch.returns) + torch.as_tensor(batch.discounts) * next_q
-    q_all = _plain_q_values(online, obs)
-    q = q_all.gather(1, torch.as_tensor(batch.actions)[:, None])[:, 0]
-    if counterfactual:
-        rewards = env.unwrapped.candidate_rewards(batch.obs)
-        all_targets, share = model._counterfactual(rewards, batch.actions, targets)
-        per_sample = (F.smooth_l1_loss(q_all, all_targets, reduction="none") * share).sum(1)
-    else:
-        per_sample = F.smooth_l1_loss(q, targets, reduction="none")
-    optimizer.zero_grad()
-    (torch.as_tensor(batch.weights) * per_sample).mean().backward()
-    torch.nn.utils.clip_grad_norm_(online.parameters(), 0.05, foreach=True)
-    optimizer.step()
-    with torch.no_grad():
-        for old, new in zip(target.parameters(), online.parameters(), strict=True):
-            old.lerp_(new, 0.1)
+    for batch, ours_td in zip(batches, priorities, strict=True):
+        obs, next_obs = (
+            torch.as_tensor(env.unwrapped.observation_from_compact(states))
+            for states in (batch.obs, batch.next_obs)
+        )
+        masks = torch.as_tensor(batch.next_action_masks)
+        masks |= ~masks.any(dim=1, keepdim=True)
+        with torch.no_grad():
+            best = _plain_q_values(online, next_obs).masked_fill(~masks, -torch.inf).argmax(1)
+            next_q = _plain_q_values(target, next_obs).gather(1, best[:, None])[:, 0]
+            targets = torch.as_tensor(batch.returns) + torch.as_tensor(batch.discounts) * next_q
+        q_all = _plain_q_values(online, obs)
+        q = q_all.gather(1, torch.as_tensor(batch.actions)[:, None])[:, 0]
+        if counterfactual:
+            rewards = env.unwrapped.candidate_rewards(batch.obs)
+            all_targets, share = model._counterfactual(rewards, batch.actions, targets)
+            per_sample = (F.smooth_l1_loss(q_all, all_targets, reduction="none") * share).sum(1)
+        else:
+            per_sample = F.smooth_l1_loss(q, targets, reduction="none")
+        optimizer.zero_grad()
+        (torch.as_tensor(batch.weights) * per_sample).mean().backward()
+        torch.nn.utils.clip_grad_norm_(online.parameters(), 0.05, foreach=True)
+        optimizer.step()
+        with torch.no_grad():
+            for old, new in zip(target.parameters(), online.parameters(), strict=True):
+                old.lerp_(new, 0.1)
+        np.testing.assert_array_equal(ours_td, (q - targets).detach().numpy())
 
     for ours, ref in zip(model.q_net.parameters(), online.parameters(), strict=True):
         assert torch.equal(ours, ref)
     for ours, ref in zip(model.q_net_target.parameters(), target.parameters(), strict=True):
         assert torch.equal(ours, ref)
-    np.testing.assert_array_equal(priorities[0], (q - targets).detach().numpy())
+    for ours, ref in zip(model._params, online.parameters(), strict=True):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(model.optimizer.state[ours][key], optimizer.state[ref][key])
 
 
 @pytest.mark.parametrize("max_norm", [1e-3, 1e3], ids=["clipped", "unclipped"])
