@@ -47,49 +47,34 @@ def test_encode_head_split_any_size(size) -> None:
     assert model.head(z).shape == (2, 4, *size)
 
 
-def test_training_learns_and_is_deterministic() -> None:
-    images, labels = toy_data()
-    config = TrainConfig(epochs=15, batch_size=4, seed=3)
-    weights = []
-    for attempt in range(2):
-        torch.manual_seed(7)
-        model = SmallUNet(num_classes=3, width=8)
-        torch.manual_seed(attempt)  # the trainer reseeds: outside state must not matter
-        history = train_segmenter(model, images, labels, config, device="cpu", progress=False)
-        weights.append(torch.cat([p.flatten() for p in model.state_dict().values()]))
-    assert torch.equal(weights[0], weights[1])
-    assert history[-1]["loss"] < history[0]["loss"]
-    iou = segment_iou(model, images, labels, device="cpu")
-    assert iou[0] > 0.8 and iou[1] > 0.8 and iou[2] > 0.3
-
-
-def test_training_on_random_windows_learns_whole_images_and_is_deterministic() -> None:
-    images, labels = toy_data(size=24)
-    config = TrainConfig(epochs=20, batch_size=4, crop=12, seed=3)
-    weights = []
-    for _ in range(2):
-        torch.manual_seed(7)
-        model = SmallUNet(num_classes=3, width=8)
-        history = train_segmenter(model, images, labels, config, device="cpu", progress=False)
-        weights.append(torch.cat([p.flatten() for p in model.state_dict().values()]))
-    assert torch.equal(weights[0], weights[1])
-    assert history[-1]["loss"] < history[0]["loss"]
-    # Trained on 12-px windows, measured on the whole 24-px images.
-    iou = segment_iou(model, images, labels, device="cpu")
-    assert iou[0] > 0.8 and iou[1] > 0.8 and iou[2] > 0.3
+def trained(
+    images: np.ndarray, labels: np.ndarray, config: TrainConfig, outside_seed: int = 0, **kwargs
+) -> tuple[SmallUNet, list[dict[str, float]], torch.Tensor]:
+    """A width-8 model trained from fixed initial weights, its history and its flat weights."""
     torch.manual_seed(7)
-    whole = SmallUNet(num_classes=3, width=8)
-    train_segmenter(
-        whole,
-        images,
-        labels,
-        TrainConfig(epochs=20, batch_size=4, seed=3),
-        device="cpu",
-        progress=False,
-    )
-    assert not torch.equal(
-        weights[0], torch.cat([p.flatten() for p in whole.state_dict().values()])
-    )
+    model = SmallUNet(num_classes=3, width=8)
+    torch.manual_seed(outside_seed)  # the trainer reseeds: outside state must not matter
+    history = train_segmenter(model, images, labels, config, device="cpu", progress=False, **kwargs)
+    return model, history, torch.cat([p.flatten() for p in model.state_dict().values()])
+
+
+@pytest.mark.parametrize(("size", "crop", "epochs"), [(16, None, 15), (24, 12, 20)])
+def test_training_learns_and_is_deterministic(size: int, crop: int | None, epochs: int) -> None:
+    images, labels = toy_data(size=size)
+    config = TrainConfig(epochs=epochs, batch_size=4, crop=crop, seed=3)
+    model, history, weights = trained(images, labels, config)
+    assert torch.equal(weights, trained(images, labels, config, outside_seed=1)[2])
+    assert history[-1]["loss"] < history[0]["loss"]
+    # Measured on whole images, whatever window the training saw.
+    iou = segment_iou(model, images, labels, device="cpu")
+    assert iou[0] > 0.8 and iou[1] > 0.8 and iou[2] > 0.3
+
+
+def test_random_windows_change_what_is_trained() -> None:
+    images, labels = toy_data(size=24)
+    windows = trained(images, labels, TrainConfig(epochs=2, batch_size=4, crop=12, seed=3))[2]
+    whole = trained(images, labels, TrainConfig(epochs=2, batch_size=4, seed=3))[2]
+    assert not torch.equal(windows, whole)
 
 
 @pytest.mark.parametrize(("crop", "match"), [(4, "at least 8"), (17, "larger than the 16x16")])
@@ -103,23 +88,9 @@ def test_a_bad_training_window_is_refused(crop: int, match: str) -> None:
 def test_validation_every_k_epochs_and_after_the_last_leaves_training_unchanged() -> None:
     images, labels = toy_data()
     config = TrainConfig(epochs=5, batch_size=4, seed=3)
-    runs = []
-    for val_every in (1, 2):
-        torch.manual_seed(7)
-        model = SmallUNet(num_classes=3, width=4)
-        history = train_segmenter(
-            model,
-            images,
-            labels,
-            config,
-            device="cpu",
-            progress=False,
-            val_images=images[:3],
-            val_labels=labels[:3],
-            val_every=val_every,
-        )
-        runs.append((history, torch.cat([p.flatten() for p in model.state_dict().values()])))
-    (every, weights_every), (second, weights_second) = runs
+    val = {"val_images": images[:3], "val_labels": labels[:3]}
+    _, every, weights_every = trained(images, labels, config, val_every=1, **val)
+    _, second, weights_second = trained(images, labels, config, val_every=2, **val)
     assert all("val_miou" in record for record in every)
     assert ["val_miou" in record for record in second] == [False, True, False, True, True]
     assert torch.equal(weights_every, weights_second)
