@@ -75,8 +75,13 @@ class Agent(CandidatePolicy, Protocol):
 
 def valid_rows(rows: ArrayT) -> ArrayT:
     """``[..., K]`` True where a candidate row ``[..., K, F]`` is not all zeros (an empty slot)."""
-    # A sum of absolute values is positive exactly when one is non-zero (rows are finite); on
-    # CPU torch sums about 3x faster than it reduces a bool tensor with ``any``.
+    # A sum of absolute values is positive exactly when one is non-zero (rows are finite, and a
+    # sum of non-negative terms is at least its largest); on CPU torch sums about 3x faster than
+    # it reduces a bool tensor with ``any``, and NumPy sums the rows 3x faster as a product with
+    # ones than along their short last axis.
+    if isinstance(rows, np.ndarray):
+        with np.errstate(over="ignore"):  # a sum past float32's range is inf: still positive
+            return np.abs(rows) @ np.ones(rows.shape[-1], dtype=rows.dtype) > 0  # type: ignore[return-value]
     return abs(rows).sum(-1) > 0  # type: ignore[arg-type,return-value]
 
 

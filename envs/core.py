@@ -291,7 +291,9 @@ class ObservationBuilder:
             out[..., :nb] = rows[..., :nb]
         else:  # a batch: only the columns taken as they are, half of a COCO-shaped row's bytes
             out[..., :nb] = self.features[:, :nb][ids]
-        if rows is not None and isinstance(target, int | np.integer):  # one env, one target
+        if rows is not None and not isinstance(target, int | np.integer):
+            target = _the_one(np.asarray(target))  # a batch of one target: the single path
+        if rows is not None and isinstance(target, int | np.integer):  # one target
             out[..., nb] = rows[..., g + target]
             out[..., nb + 1] = rows[..., nb + target]
         else:  # gather the target's two columns straight from the store
@@ -310,6 +312,14 @@ class ObservationBuilder:
         if may_have_empty and ids.size and ids.min() < 0:
             out[ids < 0] = 0.0
         return out if self.columns is None else out[..., self.columns]
+
+
+def _the_one(values: np.ndarray) -> np.ndarray | int:
+    """The single value of ``values`` when they are all the same, else ``values``: copying a
+    column of the taken rows costs a third of gathering it from the store."""
+    if values.size and (first := values.flat[0]) == values.min() == values.max():
+        return int(first)
+    return values
 
 
 def _trailing(array: np.ndarray, ndim: int) -> np.ndarray:

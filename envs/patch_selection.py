@@ -22,6 +22,10 @@ from misical_gym.envs.core import (
 )
 from misical_gym.store import FeatureStore
 
+_REWARD_TABLES_KEPT = 8
+"""Per-target reward tables an env keeps (:meth:`MiSiCALEnv._reward_table`): a fixed target
+needs one; a COCO-sized store's table is 1.3 MB."""
+
 SELECTION_SPLITS: tuple[str, ...] = ("init", "pool")
 
 
@@ -197,6 +201,7 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         # A plain ndarray view of the memory map: NumPy's memmap subclass slows every lookup.
         self._counts = np.asarray(self.store.counts)
         self._labelled = np.asarray(self.store.labelled)
+        self._reward_tables: dict[int, np.ndarray] = {}
         # Allocated once: each reset copies the split into it instead of allocating anew.
         self._remaining = np.empty_like(self.split_ids)
         self._num_remaining = 0
@@ -334,11 +339,32 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"compact states hold ids outside [-1, {self.store.num_patches})")
         if classes.size and (classes.min() < 0 or classes.max() >= self.store.num_classes):
             raise ValueError(f"target classes must lie in [0, {self.store.num_classes})")
+        if classes.size and classes.min() == classes.max():  # one target: its table
+            return self._reward_table(int(classes.flat[0])).take(ids)
         safe = np.maximum(ids, 0)
         counts = self._counts[safe, classes[..., None]]
         rewards = self.reward_fn(counts, self._areas[safe])
         rewards[(ids < 0) | ~self._labelled[safe]] = np.nan
         return rewards
+
+    def _reward_table(self, target: int) -> np.ndarray:
+        """float64 ``[num_patches + 1]``: every patch's reward for ``target`` (NaN where its
+        counts are unknown), then a NaN, which id -1 (an empty slot) indexes.
+
+        The same elementwise values as :meth:`candidate_rewards`' gather, read from one
+        contiguous column instead of scattered store rows: a replay batch's 2,048 lookups
+        then hit the cache (a seventh of the time, on the synthetic store). The env's arrays
+        never change, so a table stays valid; a few targets' are kept.
+        """
+        table = self._reward_tables.get(target)
+        if table is None:
+            rewards = self.reward_fn(self._counts[:, target], self._areas)
+            rewards[~self._labelled] = np.nan
+            table = np.append(rewards, np.nan)
+            if len(self._reward_tables) >= _REWARD_TABLES_KEPT:
+                self._reward_tables.clear()
+            self._reward_tables[target] = table
+        return table
 
     @property
     def goal_targets(self) -> np.ndarray:

@@ -25,6 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import misical_gym  # noqa: F401 (registers the environments)
 from misical_gym.agents import DDQN, DeepSetQNetwork
 from misical_gym.agents.networks import NumpyQNetwork, mean_weights_numpy
+from misical_gym.agents.policy import valid_rows
 from misical_gym.store import FeatureStore
 from misical_gym.testing import write_random_store
 
@@ -113,6 +114,17 @@ def test_numpy_mean_weights_equal_the_networks() -> None:
     assert ours.dtype == np.float32
     assert torch.equal(torch.from_numpy(ours), net.mean_weights(obs))  # bitwise, as training
     assert torch.equal(net(obs, torch.from_numpy(ours)), net(obs))
+
+
+def test_numpy_and_torch_find_the_same_empty_rows() -> None:
+    rows = np.zeros((1, 4, 3), dtype=np.float32)
+    rows[0, 0, 1] = -1e-40  # one subnormal entry: a patch
+    rows[0, 1] = np.float32(3e38)  # a sum past float32's range: a patch
+    rows[0, 2, 0] = -0.0  # negative zero: empty
+    rows[0, 3, 2] = 0.5
+    expected = [[True, True, False, True]]
+    assert valid_rows(rows).tolist() == expected
+    assert valid_rows(torch.from_numpy(rows)).tolist() == expected
 
 
 @pytest.mark.parametrize(

@@ -353,6 +353,26 @@ def test_candidate_rewards_are_nan_where_unknown(tmp_path) -> None:
         env.candidate_rewards(state, store.num_classes)
 
 
+@pytest.mark.parametrize("scheme", ["categorical", "binary", "share", "log_count"])
+def test_a_single_targets_table_pays_as_the_gather_of_several(tmp_path, scheme) -> None:
+    """States of one target read its cached reward table; a batch of several targets gathers
+    from the store rows: the same numbers, NaN for empty slots and unknown counts included."""
+    store = write_random_store(tmp_path / "s", num_images=40, unlabelled_pool=0.5, seed=0)
+    env = make(store, budget=4, pool_size=4, split="pool", reward=scheme).unwrapped
+    rng = np.random.default_rng(0)
+    states = np.column_stack(
+        [
+            rng.integers(-1, store.num_patches, size=(60, 4)),
+            rng.integers(0, store.num_classes, size=60),
+            np.full(60, 2),
+        ]
+    )
+    several = env.candidate_rewards(states)
+    one_by_one = np.stack([env.candidate_rewards(state) for state in states])
+    np.testing.assert_array_equal(several, one_by_one)
+    assert np.isnan(several).any() and (several > 0).any()
+
+
 def test_goal_targets_are_the_random_targets_only(tiny_store) -> None:
     assert make(tiny_store, target_class="class3").unwrapped.goal_targets.size == 0
     env = make(tiny_store, target_class="random").unwrapped
