@@ -73,13 +73,19 @@ class Agent(CandidatePolicy, Protocol):
     def save(self, path: Path) -> Path | None: ...
 
 
+_ROWS_SUMMED_BY_PRODUCT = 4096
+"""Entries from which :func:`valid_rows` sums NumPy rows as a product with ones: on one
+observation of 32 x 26 the product and its overflow guard cost 7 us against the sum's 5; on a
+replay batch of 128 of them, 39 against 112."""
+
+
 def valid_rows(rows: ArrayT) -> ArrayT:
     """``[..., K]`` True where a candidate row ``[..., K, F]`` is not all zeros (an empty slot)."""
     # A sum of absolute values is positive exactly when one is non-zero (rows are finite, and a
     # sum of non-negative terms is at least its largest); on CPU torch sums about 3x faster than
-    # it reduces a bool tensor with ``any``, and NumPy sums the rows 3x faster as a product with
-    # ones than along their short last axis.
-    if isinstance(rows, np.ndarray):
+    # it reduces a bool tensor with ``any``, and NumPy sums a batch's rows 3x faster as a product
+    # with ones than along their short last axis (one env's few rows: the sum is cheaper).
+    if isinstance(rows, np.ndarray) and rows.size > _ROWS_SUMMED_BY_PRODUCT:
         with np.errstate(over="ignore"):  # a sum past float32's range is inf: still positive
             return np.abs(rows) @ np.ones(rows.shape[-1], dtype=rows.dtype) > 0  # type: ignore[return-value]
     return abs(rows).sum(-1) > 0  # type: ignore[arg-type,return-value]

@@ -116,7 +116,13 @@ def test_numpy_mean_weights_equal_the_networks() -> None:
     assert torch.equal(net(obs, torch.from_numpy(ours)), net(obs))
 
 
-def test_numpy_and_torch_find_the_same_empty_rows() -> None:
+@pytest.mark.filterwarnings("ignore:overflow encountered in reduce")  # the along-rows sum's
+@pytest.mark.parametrize("numpy_sum", ["along-rows", "as-product"])
+def test_numpy_and_torch_find_the_same_empty_rows(
+    numpy_sum: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if numpy_sum == "as-product":  # a batch's path, on these few rows
+        monkeypatch.setattr("misical_gym.agents.policy._ROWS_SUMMED_BY_PRODUCT", 0)
     rows = np.zeros((1, 4, 3), dtype=np.float32)
     rows[0, 0, 1] = -1e-40  # one subnormal entry: a patch
     rows[0, 1] = np.float32(3e38)  # a sum past float32's range: a patch

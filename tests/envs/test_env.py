@@ -287,17 +287,25 @@ def test_compact_state_rebuilds_the_observation(tiny_store) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"target_class": "class1"}, {"target_class": "random"}, {"features": "uncertainty"}],
-    ids=["fixed", "goal", "some-columns"],
+    [
+        {"target_class": "class1"},
+        {"target_class": "random"},
+        {"features": "uncertainty"},
+        {"target_class": "class1", "target_onehot": True},
+    ],
+    ids=["fixed", "goal", "some-columns", "one-hot"],
 )
-@pytest.mark.parametrize("row_width", ["narrow", "wide"])
+@pytest.mark.parametrize("batch_path", ["target-table", "narrow-rows", "wide-rows"])
 def test_a_batch_rebuilds_as_its_states_one_by_one(
-    tiny_store, options, row_width, monkeypatch
+    tiny_store, options, batch_path, monkeypatch
 ) -> None:
-    """A batch of at least 256 rows takes whole store rows when they are narrow, else the
-    builder's gather of the kept columns; one state the whole-row gather: all give the same
-    rows, empty slots included."""
-    if row_width == "wide":  # the tiny store's rows are narrow: gather their columns anyway
+    """A batch of at least 256 rows of one target reads that target's table; without one (or
+    with several targets) it takes whole store rows when they are narrow, else the builder's
+    gather of the kept columns; one state the whole-row gather: all give the same rows, empty
+    slots included."""
+    if batch_path != "target-table":
+        monkeypatch.setattr("misical_gym.envs.core._TARGET_TABLE_MAX_BYTES", 0)
+    if batch_path == "wide-rows":  # the tiny store's rows are narrow: gather their columns anyway
         monkeypatch.setattr("misical_gym.envs.core._WHOLE_ROWS_UP_TO_COLUMNS", 0)
     env = make(tiny_store, budget=5, pool_size=6, **options).unwrapped
     states = []
