@@ -77,7 +77,7 @@ def test_the_own_images_section_runs_as_written(tmp_path, monkeypatch, capsys) -
         assert argv[0] == "misical", line
         assert main(argv[1:]) == 0, (line, capsys.readouterr().err[-2000:])
     assert used == set(CUTS)
-    assert len(skipped) == 6, skipped  # venv and server start, label from export, the CamVid runs
+    assert len(skipped) == 7, skipped  # venv and server start, label from export, 3 CamVid runs
     store = FeatureStore.open(tmp_path / "mystore")
     assert store.image_ids[-2:] == ("NEW_0", "NEW_1")
     assert store.labelled[store.split_ids("pool")].sum() > 0
