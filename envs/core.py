@@ -11,7 +11,7 @@ import difflib
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,8 +290,10 @@ class ObservationBuilder:
         search for empty slots (a sizeable share of a single step's cost).
         """
         ids = np.asarray(candidate_ids, dtype=np.int64)
-        if ids.size >= _WHOLE_ROWS_UP_TO:  # a batch: one target's table, when it has one
-            table = self._target_table(target)
+        if not isinstance(target, int | np.integer):  # a batch of one target: its single paths
+            target = _the_one(np.asarray(target))
+        if ids.size >= _WHOLE_ROWS_UP_TO and isinstance(target, int | np.integer):
+            table = self._target_table(int(target))  # a batch: the target's table, if it has one
             if table is not None:
                 out = table.take(ids, axis=0)  # id -1 reads the table's last, all-zero row
                 budget = _trailing(np.asarray(budget_left, dtype=np.float32), ids.ndim)
@@ -299,28 +301,23 @@ class ObservationBuilder:
                 return out
         return self._gather(ids, target, budget_left, may_have_empty)
 
-    def _target_table(self, target: np.ndarray | int) -> np.ndarray | None:
-        """Every patch's row for one target, budget left 0, then an all-zero row: float32
-        ``[num_patches + 1, F]``; None when ``target`` varies or the table would be large.
+    def _target_table(self, target: int) -> np.ndarray | None:
+        """Every patch's row for ``target``, budget left 0, then an all-zero row: float32
+        ``[num_patches + 1, F]``; None when the table would be large.
 
         A replay batch then reads one contiguous row per candidate instead of a store row and
         two scattered target columns, the same values (a third of the time, synthetic store).
         The store never changes under a builder, so a table stays valid; a few are kept.
         """
-        one = target if isinstance(target, int | np.integer) else _the_one(np.asarray(target))
-        if not isinstance(one, int | np.integer):
-            return None
         if self.features.shape[0] * self.num_features * 4 > _TARGET_TABLE_MAX_BYTES:
             return None
-        table = self._target_tables.get(int(one))
-        if table is None:
+
+        def table() -> np.ndarray:
             patches = np.arange(self.features.shape[0])
-            rows = self._gather(patches, int(one), 0.0, may_have_empty=False)
-            table = np.concatenate([rows, np.zeros((1, rows.shape[1]), dtype=np.float32)])
-            if len(self._target_tables) >= _TARGET_TABLES_KEPT:
-                self._target_tables.clear()
-            self._target_tables[int(one)] = table
-        return table
+            rows = self._gather(patches, target, 0.0, may_have_empty=False)
+            return np.concatenate([rows, np.zeros((1, rows.shape[1]), dtype=np.float32)])
+
+        return kept_table(self._target_tables, target, table, _TARGET_TABLES_KEPT)
 
     def _gather(
         self,
@@ -340,8 +337,6 @@ class ObservationBuilder:
             out[..., :nb] = rows[..., :nb]
         else:  # a batch: only the columns taken as they are, half of a COCO-shaped row's bytes
             out[..., :nb] = self.features[:, :nb][ids]
-        if rows is not None and not isinstance(target, int | np.integer):
-            target = _the_one(np.asarray(target))  # a batch of one target: the single path
         if rows is not None and isinstance(target, int | np.integer):  # one target
             out[..., nb] = rows[..., g + target]
             out[..., nb + 1] = rows[..., nb + target]
@@ -361,6 +356,19 @@ class ObservationBuilder:
         if may_have_empty and ids.size and ids.min() < 0:
             out[ids < 0] = 0.0
         return out if self.columns is None else out[..., self.columns]
+
+
+def kept_table(
+    tables: dict[int, np.ndarray], target: int, make: Callable[[], np.ndarray], limit: int
+) -> np.ndarray:
+    """``tables[target]``, made by ``make()`` on first use; at most ``limit`` are kept (all are
+    dropped when a new one would exceed it: a fixed target keeps its one)."""
+    table = tables.get(target)
+    if table is None:
+        if len(tables) >= limit:
+            tables.clear()
+        table = tables[target] = make()
+    return table
 
 
 def _the_one(values: np.ndarray) -> np.ndarray | int:

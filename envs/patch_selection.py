@@ -16,6 +16,7 @@ from misical_gym.envs.core import (
     ObservationBuilder,
     RewardFunction,
     check_reset_options,
+    kept_table,
     resolve_store,
     resolve_target,
     targets_present,
@@ -337,10 +338,12 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         classes = np.broadcast_to(classes, compact.shape[:-1])
         if ids.size and (ids.max() >= self.store.num_patches or ids.min() < -1):
             raise ValueError(f"compact states hold ids outside [-1, {self.store.num_patches})")
-        if classes.size and (classes.min() < 0 or classes.max() >= self.store.num_classes):
-            raise ValueError(f"target classes must lie in [0, {self.store.num_classes})")
-        if classes.size and classes.min() == classes.max():  # one target: its table
-            return self._reward_table(int(classes.flat[0])).take(ids)
+        if classes.size:
+            lowest, highest = int(classes.min()), int(classes.max())
+            if lowest < 0 or highest >= self.store.num_classes:
+                raise ValueError(f"target classes must lie in [0, {self.store.num_classes})")
+            if lowest == highest:  # one target: its table
+                return self._reward_table(lowest).take(ids)
         safe = np.maximum(ids, 0)
         counts = self._counts[safe, classes[..., None]]
         rewards = self.reward_fn(counts, self._areas[safe])
@@ -356,15 +359,13 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         then hit the cache (a seventh of the time, on the synthetic store). The env's arrays
         never change, so a table stays valid; a few targets' are kept.
         """
-        table = self._reward_tables.get(target)
-        if table is None:
+
+        def table() -> np.ndarray:
             rewards = self.reward_fn(self._counts[:, target], self._areas)
             rewards[~self._labelled] = np.nan
-            table = np.append(rewards, np.nan)
-            if len(self._reward_tables) >= _REWARD_TABLES_KEPT:
-                self._reward_tables.clear()
-            self._reward_tables[target] = table
-        return table
+            return np.append(rewards, np.nan)
+
+        return kept_table(self._reward_tables, target, table, _REWARD_TABLES_KEPT)
 
     @property
     def goal_targets(self) -> np.ndarray:
