@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
     parser.add_argument("--epochs", type=int, help="segmenter epochs (default: the preset's)")
     parser.add_argument("--train-crop", type=int, help="training window (default: the preset's)")
+    parser.add_argument("--levels", type=int, help="segmenter levels (default: the preset's)")
     args = parser.parse_args()
 
     from misical_gym.prepare import CAMVID_DEFAULTS, prepare_camvid
@@ -54,7 +55,11 @@ def main() -> None:
         try:
             variant = {
                 key: value
-                for key, value in {"epochs": args.epochs, "train_crop": args.train_crop}.items()
+                for key, value in {
+                    "epochs": args.epochs,
+                    "train_crop": args.train_crop,
+                    "levels": args.levels,
+                }.items()
                 if value is not None
             }
             store = prepare_camvid(

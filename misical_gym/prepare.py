@@ -111,6 +111,8 @@ class PrepareConfig:
     (None: whole images); see :attr:`~misical_gym.segmenter.TrainConfig.crop`."""
     width: int = 16
     """Channels of the default segmenter's first level."""
+    levels: int = 3
+    """Resolution levels of the default segmenter (:class:`~misical_gym.segmenter.SmallUNet`)."""
     image_size: int | None = None
     """Resize images to this square size for the network (None: native size)."""
     batch_size: int = 32
@@ -138,6 +140,8 @@ class PrepareConfig:
                 "--train-crop must be at least 8 px and at most --image-size, "
                 f"got {self.train_crop}"
             )
+        if self.levels < 2:
+            raise ValueError(f"levels must be at least 2, got {self.levels}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.seed < 0:
@@ -157,6 +161,8 @@ class PrepareConfig:
             out["uncertainty"] = list(self.uncertainty)
         if self.train_crop is None:
             del out["train_crop"]
+        if self.levels == 3:
+            del out["levels"]
         return out
 
     def replace(self, **settings: Any) -> PrepareConfig:
@@ -319,7 +325,8 @@ def _prepare(
     fingerprint = _fingerprint(
         [s.spec for s in sources],
         split_of.tolist(),
-        [config.epochs, config.width, config.image_size, config.seed],
+        [config.epochs, config.width, config.image_size, config.seed]
+        + ([] if config.levels == 3 else [config.levels]),
         config_dict(train_config),
         class_names,
         None if model is None else [type(model).__qualname__, model.config],
@@ -338,7 +345,7 @@ def _prepare(
         )
         torch.manual_seed(config.seed)  # the default model's initial weights
         if model is None:
-            model = SmallUNet(num_classes, width=config.width)
+            model = SmallUNet(num_classes, width=config.width, levels=config.levels)
         elif model.num_classes != num_classes:
             raise ValueError(
                 f"the segmenter predicts {model.num_classes} classes, not {num_classes}"

@@ -329,3 +329,15 @@ def test_a_user_segmenter_can_be_plugged_in(tmp_path) -> None:
     store = prepare_synthetic(tmp_path / "s", images=16, config=config, model=custom)
     loaded = load_segmenter(store.segmenter_checkpoint)
     assert type(loaded).__qualname__.endswith("Custom") and loaded.config["width"] == 4
+
+
+def test_the_segmenters_levels_reach_its_checkpoint_and_manifest(tmp_path) -> None:
+    from misical_gym.segmenter import load_segmenter
+
+    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, width=4, levels=4)
+    store = prepare_synthetic(tmp_path / "s", images=16, config=config, progress=False)
+    assert load_segmenter(store.segmenter_checkpoint).levels == 4
+    assert store.manifest["config"]["prepare"]["levels"] == 4
+    assert "levels" not in PrepareConfig().to_dict()  # a default manifest is as it always was
+    with pytest.raises(ValueError, match="levels must be at least 2"):
+        PrepareConfig(levels=1)

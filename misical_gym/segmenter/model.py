@@ -22,6 +22,10 @@ class Segmenter(Protocol):
     def head(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
+_MAX_CHANNEL_FACTOR = 8
+"""The lowest levels' channels stop doubling at this multiple of the first level's."""
+
+
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
@@ -34,48 +38,69 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class SmallUNet(nn.Module):
-    """A three-level U-Net for small images, split for cheap MC dropout.
+    """A small U-Net, split for cheap MC dropout.
 
     ``encode(x) -> z`` runs the whole encoder-decoder once; ``head(z) -> logits`` is dropout
     followed by a 1x1 convolution, so MC dropout samples only the head. Skip connections keep
-    thin objects (2-3 px strokes) segmentable, which a plain strided network loses.
+    thin objects (2-3 px strokes) segmentable, which a plain strided network loses. Each level
+    halves the resolution and doubles the channels, up to ``8 * width``; more levels see more
+    context (a wider receptive field) for little more compute, since the lower levels are small.
 
     Any module with ``encode``, ``head`` and ``num_classes`` (a :class:`Segmenter`) can replace
     it.
 
     Args:
         num_classes: Output classes C.
-        width: Channels of the first level (doubled at each of the two lower levels).
+        width: Channels of the first level.
         dropout: Dropout rate in the head, the only stochastic layer.
+        levels: Resolution levels, at least 2 (3, the default, is the synthetic world's).
     """
 
-    def __init__(self, num_classes: int, width: int = 16, dropout: float = 0.3) -> None:
+    def __init__(
+        self, num_classes: int, width: int = 16, dropout: float = 0.3, levels: int = 3
+    ) -> None:
         super().__init__()
+        if levels < 2:
+            raise ValueError(f"levels must be at least 2, got {levels}")
         self.num_classes = num_classes
-        self.config = {"num_classes": num_classes, "width": width, "dropout": dropout}
-        w = width
-        self.enc1, self.enc2, self.enc3 = _block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w)
-        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
-        self.dec2 = _block(4 * w, 2 * w)
-        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-        self.dec1 = _block(2 * w, w)
+        self.config: dict[str, int | float] = {
+            "num_classes": num_classes,
+            "width": width,
+            "dropout": dropout,
+        }
+        if levels != 3:  # left out at the default: older checkpoints rebuild as they were
+            self.config["levels"] = levels
+        self.levels = levels
+        channels = [width * min(2**i, _MAX_CHANNEL_FACTOR) for i in range(levels)]
+        # Named enc1..encL, then up(L-1), dec(L-1) down to up1, dec1: the order the layers are
+        # built in, so that a default network draws the initial weights it always has.
+        for i, out_channels in enumerate(channels, 1):
+            self.add_module(f"enc{i}", _block(3 if i == 1 else channels[i - 2], out_channels))
+        for i in range(levels - 1, 0, -1):
+            below, here = channels[i], channels[i - 1]
+            self.add_module(f"up{i}", nn.ConvTranspose2d(below, here, 2, stride=2))
+            self.add_module(f"dec{i}", _block(2 * here, here))
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Conv2d(w, num_classes, 1)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` images scaled to [0, 1] -> ``[B, width, H, W]`` features."""
         x = x - 0.5
         h, w = x.shape[-2:]
-        # Pad to a multiple of 4 so both poolings and their transposes line up; crop at the end.
-        pad_h, pad_w = (-h) % 4, (-w) % 4
+        # Pad to a multiple of 2^(levels-1) so the poolings and their transposes line up; crop
+        # at the end.
+        multiple = 2 ** (self.levels - 1)
+        pad_h, pad_w = (-h) % multiple, (-w) % multiple
         if pad_h or pad_w:
             x = nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        e1 = self.enc1(x)
-        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
-        e3 = self.enc3(nn.functional.max_pool2d(e2, 2))
-        d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
-        return d1[..., :h, :w]
+        skips = []
+        for i in range(1, self.levels + 1):
+            x = self.get_submodule(f"enc{i}")(x if i == 1 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        for i in range(self.levels - 1, 0, -1):
+            up, dec = self.get_submodule(f"up{i}"), self.get_submodule(f"dec{i}")
+            x = dec(torch.cat([up(x), skips[i - 1]], dim=1))
+        return x[..., :h, :w]
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
         """Features -> ``[B, C, H, W]`` logits (stochastic when dropout is in train mode)."""

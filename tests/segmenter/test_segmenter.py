@@ -37,9 +37,10 @@ def toy_data(n: int = 12, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+@pytest.mark.parametrize("levels", [2, 3, 5])
 @pytest.mark.parametrize("size", [(16, 16), (13, 18)])
-def test_encode_head_split_any_size(size) -> None:
-    model = SmallUNet(num_classes=4, width=4).eval()
+def test_encode_head_split_any_size(size, levels) -> None:
+    model = SmallUNet(num_classes=4, width=4, levels=levels).eval()
     x = torch.rand(2, 3, *size)
     z = model.encode(x)
     assert z.shape == (2, 4, *size)
@@ -108,13 +109,30 @@ def test_fine_tuning_on_mostly_ignored_labels() -> None:
     assert np.isfinite(history[-1]["loss"])
 
 
-def test_checkpoint_round_trip(tmp_path) -> None:
-    model = SmallUNet(num_classes=3, width=4, dropout=0.2).eval()
+@pytest.mark.parametrize("levels", [3, 4])
+def test_checkpoint_round_trip(tmp_path, levels) -> None:
+    model = SmallUNet(num_classes=3, width=4, dropout=0.2, levels=levels).eval()
     save_segmenter(model, tmp_path / "seg.pt")
     loaded = load_segmenter(tmp_path / "seg.pt")
     x = torch.rand(1, 3, 8, 8)
     assert torch.equal(model(x), loaded(x))
-    assert loaded.config == {"num_classes": 3, "width": 4, "dropout": 0.2}
+    expected = {"num_classes": 3, "width": 4, "dropout": 0.2}
+    assert loaded.config == (expected if levels == 3 else {**expected, "levels": levels})
+
+
+def test_the_default_network_keeps_its_layout() -> None:
+    """Three levels build the layers in the order and with the names they always had, so that a
+    seed draws the same initial weights and older checkpoints load."""
+    names = [name for name, _ in SmallUNet(3, width=4).named_children()]
+    assert names == ["enc1", "enc2", "enc3", "up2", "dec2", "up1", "dec1", "dropout", "classifier"]
+    deeper = SmallUNet(3, width=4, levels=5)
+    channels = [deeper.get_submodule(f"enc{i}")[0].out_channels for i in range(1, 6)]
+    assert channels == [4, 8, 16, 32, 32]  # doubling stops at 8x the first level
+
+
+def test_fewer_than_two_levels_are_refused() -> None:
+    with pytest.raises(ValueError, match="levels must be at least 2"):
+        SmallUNet(3, levels=1)
 
 
 def test_class_weights() -> None:
