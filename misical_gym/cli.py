@@ -80,6 +80,7 @@ def _add_prepare(commands: Any) -> None:
         init_fraction: float = 0.1,
         epochs: int = 20,
         train_crop: int | None = None,
+        levels: int = 3,
     ) -> None:
         sub.add_argument(
             "--out",
@@ -119,6 +120,12 @@ def _add_prepare(commands: Any) -> None:
                 if train_crop is None
                 else f"{train_crop} when --image-size is larger, else whole images)"
             ),
+        )
+        sub.add_argument(
+            "--levels",
+            type=int,
+            default=levels,
+            help=f"the segmenter's resolution levels; each more sees more context ({levels})",
         )
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -222,6 +229,7 @@ def _add_prepare(commands: Any) -> None:
         init_fraction=CAMVID_DEFAULTS["init_fraction"],
         epochs=CAMVID_DEFAULTS["epochs"],
         train_crop=CAMVID_DEFAULTS["train_crop"],
+        levels=CAMVID_DEFAULTS.get("levels", 3),
     )
 
 
@@ -265,6 +273,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         uncertainty=tuple(m.strip() for m in args.uncertainty.split(",") if m.strip()),
         epochs=args.epochs,
         train_crop=train_crop,
+        levels=args.levels,
         image_size=None if args.dataset == "synthetic" else args.image_size,
         device=args.device,
         seed=args.seed,

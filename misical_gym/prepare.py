@@ -141,7 +141,7 @@ class PrepareConfig:
                 f"got {self.train_crop}"
             )
         if self.levels < 2:
-            raise ValueError(f"levels must be at least 2, got {self.levels}")
+            raise ValueError(f"--levels must be at least 2, got {self.levels}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.seed < 0:

@@ -253,6 +253,7 @@ def test_extra_uncertainty_columns_leave_the_default_ones_as_they_were(tmp_path)
         (["prepare", "synthetic", "--init-fraction", "1.5"], "init_fraction"),
         (["prepare", "synthetic", "--threads", "0"], "threads"),
         (["prepare", "synthetic", "--train-crop", "4"], "--train-crop must be at least 8"),
+        (["prepare", "synthetic", "--levels", "1"], "--levels must be at least 2"),
         (["prepare", "synthetic", "--uncertainty", "bald,mutual"], "unknown uncertainty metric"),
         (["prepare", "coco10k", "--root", "/nonexistent/cocostuff"], "/nonexistent/cocostuff"),
         (["inspect", "/nonexistent/store"], "misical prepare"),
@@ -334,10 +335,8 @@ def test_a_user_segmenter_can_be_plugged_in(tmp_path) -> None:
 def test_the_segmenters_levels_reach_its_checkpoint_and_manifest(tmp_path) -> None:
     from misical_gym.segmenter import load_segmenter
 
-    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, width=4, levels=4)
-    store = prepare_synthetic(tmp_path / "s", images=16, config=config, progress=False)
+    assert main(["prepare", "synthetic", "--out", str(tmp_path / "s"), *TINY, "--levels", "4"]) == 0
+    store = FeatureStore.open(tmp_path / "s")
     assert load_segmenter(store.segmenter_checkpoint).levels == 4
     assert store.manifest["config"]["prepare"]["levels"] == 4
     assert "levels" not in PrepareConfig().to_dict()  # a default manifest is as it always was
-    with pytest.raises(ValueError, match="levels must be at least 2"):
-        PrepareConfig(levels=1)
