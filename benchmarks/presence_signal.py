@@ -1,11 +1,15 @@
-"""How much a class's own presence score says about it, per rare class of a store's pool.
+"""How much a class's own presence score says about it, per rare class of a store's split.
 
-For each designed rare class (or ``--classes``): the ROC AUC of the frozen segmenter's
-``presence:<class>`` feature for "the patch holds the class", and how many of the 100 pool
-patches with the highest score hold it. A high AUC means presence-greedy is already a strong
-policy for that class and the context MiSiCAL exploits matters less. Prints one JSON object.
+For each designed rare class (or ``--classes``), on the pool (or ``--split``): the ROC AUC of
+the frozen segmenter's ``presence:<class>`` feature for "the patch holds the class", and how
+many of the 100 patches with the highest score hold it. A high AUC means presence-greedy is
+already a strong policy for that class and the context MiSiCAL exploits matters less. Prints
+one JSON object.
 
-Usage: ``python benchmarks/presence_signal.py [--store DIR] [--classes skis,fork]``.
+On ``--split init`` the scores come from a segmenter trained on those very images, which is
+what an agent trained on init sees.
+
+Usage: ``python benchmarks/presence_signal.py [--store DIR] [--classes skis,fork] [--split init]``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="a prepared store (default: the synthetic one)")
     parser.add_argument("--classes", help="comma-separated names (default: the rare classes)")
+    parser.add_argument(
+        "--split",
+        default="pool",
+        choices=["init", "pool", "test"],
+        help="the patches scored (pool); init is what the segmenter was trained on",
+    )
     args = parser.parse_args()
 
     from misical_gym.paths import default_store_path
@@ -42,14 +52,20 @@ def main() -> None:
         classes = list(store.rare_classes)
     if not classes:
         raise SystemExit("this store has no designed rare classes: pass --classes")
-    pool = store.split_ids("pool")
+    patches = store.split_ids(args.split)
     names = list(store.feature_names)
-    report = {"store": store.path.name, "pool_patches": int(pool.size), "classes": {}}
+    report = {
+        "store": store.path.name,
+        "split": args.split,
+        "patches": int(patches.size),
+        "classes": {},
+    }
     for c in classes:
-        score = np.asarray(store.features[pool, names.index(f"presence:{store.class_names[c]}")])
-        holds = np.asarray(store.counts[pool, c]) > 0
+        column = names.index(f"presence:{store.class_names[c]}")
+        score = np.asarray(store.features[patches, column])
+        holds = np.asarray(store.counts[patches, c]) > 0
         report["classes"][store.class_names[c]] = {
-            "pool_patches_with_class": int(holds.sum()),
+            "patches_with_class": int(holds.sum()),
             "presence_auc": round(roc_auc(score, holds), 3),
             "top100_by_presence_with_class": int(holds[np.argsort(-score)[:100]].sum()),
         }

@@ -58,3 +58,22 @@ def test_bench_agents_reads_finished_runs_instead_of_training_again(tiny_store, 
     assert bench()["results"] == first["results"]
     assert summary.stat().st_mtime_ns == written  # read, not trained again
     assert set(first["results"]["class3"]) == {"random", "presence"}
+
+
+def test_presence_signal_scores_the_split_it_is_given(tiny_store) -> None:
+    import numpy as np
+
+    for split in ("init", "pool"):
+        argv = ["--store", str(tiny_store.path), "--classes", "class3", "--split", split]
+        result = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "presence_signal.py"), *argv],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        report = json.loads(result.stdout)
+        patches = tiny_store.split_ids(split)
+        holds = np.asarray(tiny_store.counts[patches, tiny_store.class_index("class3")]) > 0
+        assert report["split"] == split and report["patches"] == patches.size
+        assert report["classes"]["class3"]["patches_with_class"] == int(holds.sum())
+        assert 0.0 <= report["classes"]["class3"]["presence_auc"] <= 1.0
