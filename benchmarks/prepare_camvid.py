@@ -5,10 +5,11 @@ object: wall seconds; how loaded the machine was (it may be shared): the CPU cou
 load average sampled every 10 s during the run, and the CPU seconds this process got per wall
 second; and the frozen segmenter's test IoU for every class, as the store's manifest records it.
 ``--out`` keeps the store (default: a temporary folder, removed afterwards); ``--json FILE`` also
-writes the report there; ``--epochs`` and ``--train-crop`` time a variant of the preset.
+writes the report there; ``--epochs``, ``--train-crop``, ``--levels``, ``--image-size`` and
+``--init-fraction`` time a variant of the preset.
 
 Usage: ``python benchmarks/prepare_camvid.py --root DIR [--out DIR] [--json FILE] [--threads N]
-[--epochs N] [--train-crop PX]``.
+[--epochs N] [--train-crop PX] [--levels N] [--image-size PX] [--init-fraction X]``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="segmenter epochs (default: the preset's)")
     parser.add_argument("--train-crop", type=int, help="training window (default: the preset's)")
     parser.add_argument("--levels", type=int, help="segmenter levels (default: the preset's)")
+    parser.add_argument("--image-size", type=int, help="network input side (default: the preset's)")
+    parser.add_argument("--init-fraction", type=float, help="init share (default: the preset's)")
     args = parser.parse_args()
 
     from misical_gym.prepare import CAMVID_DEFAULTS, prepare_camvid
@@ -59,6 +62,8 @@ def main() -> None:
                     "epochs": args.epochs,
                     "train_crop": args.train_crop,
                     "levels": args.levels,
+                    "image_size": args.image_size,
+                    "init_fraction": args.init_fraction,
                 }.items()
                 if value is not None
             }
