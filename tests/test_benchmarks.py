@@ -10,29 +10,23 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def report(script: str, *argv: str) -> dict:
+    """The JSON a benchmark script prints, run as a user runs it."""
+    command = [sys.executable, str(BENCHMARKS / script), *argv]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
 def test_bench_env_reports_the_given_stores_patches(tiny_store) -> None:
     argv = ["--store", str(tiny_store.path), "--steps", "300", "--vector-envs", "4"]
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_env.py"), *argv],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    report = json.loads(result.stdout)
-    assert report["store"]["patches"] == tiny_store.num_patches
-    assert report["env_path_imported_torch"] is False
+    bench = report("bench_env.py", *argv)
+    assert bench["store"]["patches"] == tiny_store.num_patches
+    assert bench["env_path_imported_torch"] is False
 
 
 def test_bench_agents_times_the_ddqn_against_supervised(tiny_store) -> None:
     argv = ["--store", str(tiny_store.path), "--time-to-supervised", "class3", "--seeds", "1"]
     argv += ["--pretrain-steps", "40", "--online-steps", "20", "--eval-every", "20"]
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_agents.py"), *argv, "--episodes", "2"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    (run,) = json.loads(result.stdout)["runs"]
+    (run,) = report("bench_agents.py", *argv, "--episodes", "2")["runs"]
     assert run["goal_reward"] == 0.9 * run["supervised_reward"]
     assert [steps for steps, _, _ in run["curve"]] == [20, 40, 60]
     first = next((p for p in run["curve"] if p[2] >= run["goal_reward"]), None)
@@ -47,10 +41,7 @@ def test_bench_agents_reads_finished_runs_instead_of_training_again(tiny_store, 
     argv += ["--workers", "1", "--runs", str(tmp_path / "runs"), "--plot", str(tmp_path / "p.png")]
 
     def bench() -> dict:
-        command = [sys.executable, str(BENCHMARKS / "bench_agents.py"), *argv]
-        return json.loads(
-            subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        )
+        return report("bench_agents.py", *argv)
 
     first = bench()
     summary = tmp_path / "runs" / "MiSiCAL-Synthetic" / "class3" / "presence_0" / "summary.json"
@@ -65,15 +56,9 @@ def test_presence_signal_scores_the_split_it_is_given(tiny_store) -> None:
 
     for split in ("init", "pool"):
         argv = ["--store", str(tiny_store.path), "--classes", "class3", "--split", split]
-        result = subprocess.run(
-            [sys.executable, str(BENCHMARKS / "presence_signal.py"), *argv],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        report = json.loads(result.stdout)
+        signal = report("presence_signal.py", *argv)
         patches = tiny_store.split_ids(split)
         holds = np.asarray(tiny_store.counts[patches, tiny_store.class_index("class3")]) > 0
-        assert report["split"] == split and report["patches"] == patches.size
-        assert report["classes"]["class3"]["patches_with_class"] == int(holds.sum())
-        assert 0.0 <= report["classes"]["class3"]["presence_auc"] <= 1.0
+        assert signal["split"] == split and signal["patches"] == patches.size
+        assert signal["classes"]["class3"]["patches_with_class"] == int(holds.sum())
+        assert 0.0 <= signal["classes"]["class3"]["presence_auc"] <= 1.0
