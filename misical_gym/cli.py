@@ -70,7 +70,7 @@ def _add_prepare(commands: Any) -> None:
         "MC-dropout features and oracle counts to a memory-mapped store.",
     )
     from misical_gym.data.masks import IMAGE_SUFFIXES
-    from misical_gym.prepare import CAMVID_DEFAULTS
+    from misical_gym.prepare import CAMVID_DEFAULTS, PrepareConfig
 
     kinds = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
 
@@ -80,7 +80,6 @@ def _add_prepare(commands: Any) -> None:
         init_fraction: float = 0.1,
         epochs: int = 20,
         train_crop: int | None = None,
-        levels: int = 3,
     ) -> None:
         sub.add_argument(
             "--out",
@@ -124,8 +123,9 @@ def _add_prepare(commands: Any) -> None:
         sub.add_argument(
             "--levels",
             type=int,
-            default=levels,
-            help=f"the segmenter's resolution levels; each more sees more context ({levels})",
+            default=PrepareConfig.levels,
+            help="the segmenter's resolution levels; each more sees more context "
+            f"({PrepareConfig.levels})",
         )
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -229,7 +229,6 @@ def _add_prepare(commands: Any) -> None:
         init_fraction=CAMVID_DEFAULTS["init_fraction"],
         epochs=CAMVID_DEFAULTS["epochs"],
         train_crop=CAMVID_DEFAULTS["train_crop"],
-        levels=CAMVID_DEFAULTS.get("levels", 3),
     )
 
 

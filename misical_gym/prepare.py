@@ -89,6 +89,12 @@ images, 22 CamVid ones at 192 px. A budget in pixels keeps this logging a small
 share of an epoch at any image size."""
 
 
+_DEFAULT_LEVELS = 3
+"""The segmenter's default resolution levels, ``segmenter.model.DEFAULT_LEVELS`` (not imported
+from there: the segmenter imports torch). Left out of manifests and build fingerprints, so
+that a default store's are what they were before the setting existed."""
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """Settings shared by every ``misical prepare`` command."""
@@ -113,7 +119,7 @@ class PrepareConfig:
     (None: whole images); see :attr:`~misical_gym.segmenter.TrainConfig.crop`."""
     width: int = 16
     """Channels of the default segmenter's first level."""
-    levels: int = 3
+    levels: int = _DEFAULT_LEVELS
     """Resolution levels of the default segmenter (:class:`~misical_gym.segmenter.SmallUNet`)."""
     image_size: int | None = None
     """Resize images to this square size for the network (None: native size)."""
@@ -163,7 +169,7 @@ class PrepareConfig:
             out["uncertainty"] = list(self.uncertainty)
         if self.train_crop is None:
             del out["train_crop"]
-        if self.levels == 3:
+        if self.levels == _DEFAULT_LEVELS:
             del out["levels"]
         return out
 
@@ -328,7 +334,7 @@ def _prepare(
         [s.spec for s in sources],
         split_of.tolist(),
         [config.epochs, config.width, config.image_size, config.seed]
-        + ([] if config.levels == 3 else [config.levels]),
+        + ([] if config.levels == _DEFAULT_LEVELS else [config.levels]),
         config_dict(train_config),
         class_names,
         None if model is None else [type(model).__qualname__, model.config],

@@ -334,9 +334,11 @@ def test_a_user_segmenter_can_be_plugged_in(tmp_path) -> None:
 
 def test_the_segmenters_levels_reach_its_checkpoint_and_manifest(tmp_path) -> None:
     from misical_gym.segmenter import load_segmenter
+    from misical_gym.segmenter.model import DEFAULT_LEVELS
 
     assert main(["prepare", "synthetic", "--out", str(tmp_path / "s"), *TINY, "--levels", "4"]) == 0
     store = FeatureStore.open(tmp_path / "s")
     assert load_segmenter(store.segmenter_checkpoint).levels == 4
     assert store.manifest["config"]["prepare"]["levels"] == 4
     assert "levels" not in PrepareConfig().to_dict()  # a default manifest is as it always was
+    assert PrepareConfig().levels == DEFAULT_LEVELS  # and the default is the segmenter's own

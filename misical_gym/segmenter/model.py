@@ -22,6 +22,8 @@ class Segmenter(Protocol):
     def head(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
+DEFAULT_LEVELS = 3
+""":class:`SmallUNet`'s resolution levels unless told otherwise, the synthetic world's."""
 _MAX_CHANNEL_FACTOR = 8
 """The lowest levels' channels stop doubling at this multiple of the first level's."""
 
@@ -53,11 +55,15 @@ class SmallUNet(nn.Module):
         num_classes: Output classes C.
         width: Channels of the first level.
         dropout: Dropout rate in the head, the only stochastic layer.
-        levels: Resolution levels, at least 2 (3, the default, is the synthetic world's).
+        levels: Resolution levels, at least 2.
     """
 
     def __init__(
-        self, num_classes: int, width: int = 16, dropout: float = 0.3, levels: int = 3
+        self,
+        num_classes: int,
+        width: int = 16,
+        dropout: float = 0.3,
+        levels: int = DEFAULT_LEVELS,
     ) -> None:
         super().__init__()
         if levels < 2:
@@ -68,7 +74,8 @@ class SmallUNet(nn.Module):
             "width": width,
             "dropout": dropout,
         }
-        if levels != 3:  # left out at the default: older checkpoints rebuild as they were
+        # Left out at the default, so that older checkpoints rebuild as they were.
+        if levels != DEFAULT_LEVELS:
             self.config["levels"] = levels
         self.levels = levels
         channels = [width * min(2**i, _MAX_CHANNEL_FACTOR) for i in range(levels)]
