@@ -89,10 +89,11 @@ images, 22 CamVid ones at 192 px. A budget in pixels keeps this logging a small
 share of an epoch at any image size."""
 
 
-_DEFAULT_LEVELS = 3
-"""The segmenter's default resolution levels, ``segmenter.model.DEFAULT_LEVELS`` (not imported
-from there: the segmenter imports torch). Left out of manifests and build fingerprints, so
-that a default store's are what they were before the setting existed."""
+_DEFAULT_LEVELS, _MAX_LEVELS = 3, 8
+"""The segmenter's default and largest resolution levels, ``segmenter.model.DEFAULT_LEVELS``
+and ``MAX_LEVELS`` (not imported from there: the segmenter imports torch). The default is left
+out of manifests and build fingerprints, so that a default store's are what they were before
+the setting existed."""
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,10 @@ class PrepareConfig:
                 "--train-crop must be at least 8 px and at most --image-size, "
                 f"got {self.train_crop}"
             )
-        if self.levels < 2:
-            raise ValueError(f"--levels must be at least 2, got {self.levels}")
+        if not 2 <= self.levels <= _MAX_LEVELS:
+            raise ValueError(
+                f"--levels must be at least 2 and at most {_MAX_LEVELS}, got {self.levels}"
+            )
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.seed < 0:

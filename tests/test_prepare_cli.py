@@ -254,6 +254,7 @@ def test_extra_uncertainty_columns_leave_the_default_ones_as_they_were(tmp_path)
         (["prepare", "synthetic", "--threads", "0"], "threads"),
         (["prepare", "synthetic", "--train-crop", "4"], "--train-crop must be at least 8"),
         (["prepare", "synthetic", "--levels", "1"], "--levels must be at least 2"),
+        (["prepare", "synthetic", "--levels", "9"], "--levels must be at least 2 and at most 8"),
         (["prepare", "synthetic", "--uncertainty", "bald,mutual"], "unknown uncertainty metric"),
         (["prepare", "coco10k", "--root", "/nonexistent/cocostuff"], "/nonexistent/cocostuff"),
         (["inspect", "/nonexistent/store"], "misical prepare"),
@@ -334,7 +335,7 @@ def test_a_user_segmenter_can_be_plugged_in(tmp_path) -> None:
 
 def test_the_segmenters_levels_reach_its_checkpoint_and_manifest(tmp_path) -> None:
     from misical_gym.segmenter import load_segmenter
-    from misical_gym.segmenter.model import DEFAULT_LEVELS
+    from misical_gym.segmenter.model import DEFAULT_LEVELS, MAX_LEVELS
 
     assert main(["prepare", "synthetic", "--out", str(tmp_path / "s"), *TINY, "--levels", "4"]) == 0
     store = FeatureStore.open(tmp_path / "s")
@@ -342,3 +343,6 @@ def test_the_segmenters_levels_reach_its_checkpoint_and_manifest(tmp_path) -> No
     assert store.manifest["config"]["prepare"]["levels"] == 4
     assert "levels" not in PrepareConfig().to_dict()  # a default manifest is as it always was
     assert PrepareConfig().levels == DEFAULT_LEVELS  # and the default is the segmenter's own
+    with pytest.raises(ValueError, match=f"at most {MAX_LEVELS},"):  # and so is the bound
+        PrepareConfig(levels=MAX_LEVELS + 1)
+    PrepareConfig(levels=MAX_LEVELS)

@@ -24,6 +24,9 @@ class Segmenter(Protocol):
 
 DEFAULT_LEVELS = 3
 """:class:`SmallUNet`'s resolution levels unless told otherwise, the synthetic world's."""
+MAX_LEVELS = 8
+"""The most resolution levels :class:`SmallUNet` builds (a 128x smaller bottom): a checkpoint's
+config is data, and a forged one must not make it build a network of any size."""
 _MAX_CHANNEL_FACTOR = 8
 """The lowest levels' channels stop doubling at this multiple of the first level's."""
 
@@ -55,7 +58,7 @@ class SmallUNet(nn.Module):
         num_classes: Output classes C.
         width: Channels of the first level.
         dropout: Dropout rate in the head, the only stochastic layer.
-        levels: Resolution levels, at least 2.
+        levels: Resolution levels, 2 to :data:`MAX_LEVELS`.
     """
 
     def __init__(
@@ -66,8 +69,8 @@ class SmallUNet(nn.Module):
         levels: int = DEFAULT_LEVELS,
     ) -> None:
         super().__init__()
-        if levels < 2:
-            raise ValueError(f"levels must be at least 2, got {levels}")
+        if not 2 <= levels <= MAX_LEVELS:
+            raise ValueError(f"levels must be at least 2 and at most {MAX_LEVELS}, got {levels}")
         self.num_classes = num_classes
         self.config: dict[str, int | float] = {
             "num_classes": num_classes,

@@ -65,6 +65,14 @@ def test_item01_a_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path: Path) 
         load_segmenter(tmp_path / "plain.pt")
 
 
+def test_item01_a_checkpoint_cannot_ask_for_a_network_of_any_depth(tmp_path: Path) -> None:
+    config = {"num_classes": 3, "width": 4, "dropout": 0.3, "levels": 64}
+    state = {"class": "misical_gym.segmenter.model:SmallUNet", "config": config}
+    torch.save({**state, "state_dict": SmallUNet(3, width=4).state_dict()}, tmp_path / "deep.pt")
+    with pytest.raises(StoreError, match="levels must be at least 2 and at most 8"):
+        load_segmenter(tmp_path / "deep.pt")
+
+
 def test_item01_retraining_on_a_forged_store_runs_nothing(fresh_store, tmp_path: Path) -> None:
     from misical_gym.segmenter.retrain import retrain_iou
     from misical_gym.store import FeatureStore, file_crc32
