@@ -24,9 +24,10 @@ class Segmenter(Protocol):
 
 DEFAULT_LEVELS = 3
 """:class:`SmallUNet`'s resolution levels unless told otherwise, the synthetic world's."""
-MAX_LEVELS = 8
-"""The most resolution levels :class:`SmallUNet` builds (a 128x smaller bottom): a checkpoint's
-config is data, and a forged one must not make it build a network of any size."""
+MAX_LEVELS, MAX_WIDTH = 8, 1024
+"""The most resolution levels (a 128x smaller bottom) and first-level channels
+:class:`SmallUNet` builds: a checkpoint's config is data, and a forged one must not make it
+build a network of any size."""
 _MAX_CHANNEL_FACTOR = 8
 """The lowest levels' channels stop doubling at this multiple of the first level's."""
 
@@ -56,7 +57,7 @@ class SmallUNet(nn.Module):
 
     Args:
         num_classes: Output classes C.
-        width: Channels of the first level.
+        width: Channels of the first level, 1 to :data:`MAX_WIDTH`.
         dropout: Dropout rate in the head, the only stochastic layer.
         levels: Resolution levels, 2 to :data:`MAX_LEVELS`.
     """
@@ -69,6 +70,8 @@ class SmallUNet(nn.Module):
         levels: int = DEFAULT_LEVELS,
     ) -> None:
         super().__init__()
+        if not 1 <= width <= MAX_WIDTH:
+            raise ValueError(f"width must be at least 1 and at most {MAX_WIDTH}, got {width}")
         if not 2 <= levels <= MAX_LEVELS:
             raise ValueError(f"levels must be at least 2 and at most {MAX_LEVELS}, got {levels}")
         self.num_classes = num_classes

@@ -65,12 +65,21 @@ def test_item01_a_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path: Path) 
         load_segmenter(tmp_path / "plain.pt")
 
 
-def test_item01_a_checkpoint_cannot_ask_for_a_network_of_any_depth(tmp_path: Path) -> None:
-    config = {"num_classes": 3, "width": 4, "dropout": 0.3, "levels": 64}
+@pytest.mark.parametrize(
+    ("forged", "message"),
+    [
+        ({"levels": 64}, "levels must be at least 2 and at most 8"),
+        ({"width": 1025, "levels": 2}, "width must be at least 1 and at most 1024"),
+    ],
+)
+def test_item01_a_checkpoint_cannot_ask_for_a_network_of_any_size(
+    tmp_path: Path, forged: dict, message: str
+) -> None:
+    config = {"num_classes": 3, "width": 4, "dropout": 0.3, **forged}
     state = {"class": "misical_gym.segmenter.model:SmallUNet", "config": config}
-    torch.save({**state, "state_dict": SmallUNet(3, width=4).state_dict()}, tmp_path / "deep.pt")
-    with pytest.raises(StoreError, match="levels must be at least 2 and at most 8"):
-        load_segmenter(tmp_path / "deep.pt")
+    torch.save({**state, "state_dict": SmallUNet(3, width=4).state_dict()}, tmp_path / "big.pt")
+    with pytest.raises(StoreError, match=message):
+        load_segmenter(tmp_path / "big.pt")
 
 
 def test_item01_retraining_on_a_forged_store_runs_nothing(fresh_store, tmp_path: Path) -> None:
