@@ -125,8 +125,8 @@ class DDQNConfig:
     device: str = "auto"
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``..."""
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Q-network options: ``phi_arch`` (default ``[32]``), ``rho_arch`` (default
-    ``[32]``), ``dueling`` (default False)."""
+    """Q-network options: ``phi_arch`` (default ``[16]``), ``rho_arch`` (default
+    ``[16]``), ``dueling`` (default False)."""
     counterfactual_targets: bool = True
     """Train every shown candidate, not only the picked one: a sampled state's valid candidate
     ``a_i`` gets the taken action's n-step target shifted by ``r(a_i) - r(a_taken)``, the

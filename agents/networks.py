@@ -40,8 +40,8 @@ class DeepSetQNetwork(nn.Module):
     def __init__(
         self,
         num_features: int,
-        phi_arch: Sequence[int] = (32,),
-        rho_arch: Sequence[int] = (32,),
+        phi_arch: Sequence[int] = (16,),
+        rho_arch: Sequence[int] = (16,),
         dueling: bool = False,
     ) -> None:
         """Build the network.
