@@ -45,7 +45,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from misical_gym.agents.device_observations import DeviceObservations
 from misical_gym.agents.learner import EPISODE_KEYS, Learner, TrainingState
-from misical_gym.agents.networks import DeepSetQNetwork, NumpyQNetwork, mean_weights_numpy
+from misical_gym.agents.networks import (
+    MAX_LAYERS,
+    MAX_WIDTH,
+    DeepSetQNetwork,
+    NumpyQNetwork,
+    mean_weights_numpy,
+)
 from misical_gym.agents.policy import as_rows, candidate_masks, masked_argmax, valid_or_all
 from misical_gym.agents.replay import NStepPrioritizedReplayBuffer, ReplaySample
 from misical_gym.atomic import atomic_path
@@ -1061,7 +1067,11 @@ def _saved_network(state: dict[str, Any], config: DDQNConfig, path: Path) -> dic
 
     def widths(key: str) -> bool:
         value = network[key]
-        return isinstance(value, list) and all(type(w) is int and w >= 1 for w in value)
+        return (
+            isinstance(value, list)
+            and len(value) <= MAX_LAYERS
+            and all(type(w) is int and 1 <= w <= MAX_WIDTH for w in value)
+        )
 
     if not (
         isinstance(network, dict)

@@ -12,6 +12,10 @@ from torch import nn
 
 from misical_gym.agents.policy import valid_rows
 
+MAX_WIDTH, MAX_LAYERS = 4096, 8
+"""The widest layer and the most layers of ``phi_arch`` or ``rho_arch``: a checkpoint names its
+network, and a forged one must not make loading build a network of any size."""
+
 
 def _mlp(in_features: int, widths: Sequence[int]) -> nn.Sequential:
     """Linear + ReLU layers of the given widths."""
@@ -48,20 +52,28 @@ class DeepSetQNetwork(nn.Module):
 
         Args:
             num_features: F, the number of features of one candidate.
-            phi_arch: Hidden widths of the per-candidate embedding; at least one layer.
-            rho_arch: Hidden widths of the scorer (and of the value head when dueling).
+            phi_arch: Hidden widths of the per-candidate embedding; 1 to :data:`MAX_LAYERS`
+                layers.
+            rho_arch: Hidden widths of the scorer (and of the value head when dueling); at most
+                :data:`MAX_LAYERS` layers.
             dueling: Add a state-value head on the context.
 
         Raises:
-            ValueError: If ``num_features`` or a width is not positive or ``phi_arch`` is empty.
+            ValueError: If ``num_features`` is not positive, a width is not in 1 to
+                :data:`MAX_WIDTH`, or an architecture has too few or too many layers.
         """
         super().__init__()
         if num_features < 1:
             raise ValueError(f"num_features must be positive, got {num_features}")
-        if not phi_arch or any(w < 1 for w in (*phi_arch, *rho_arch)):
+        if (
+            not 1 <= len(phi_arch) <= MAX_LAYERS
+            or len(rho_arch) > MAX_LAYERS
+            or any(not 1 <= w <= MAX_WIDTH for w in (*phi_arch, *rho_arch))
+        ):
             raise ValueError(
-                f"phi_arch needs at least one layer and all widths must be positive, got "
-                f"phi_arch={list(phi_arch)}, rho_arch={list(rho_arch)}"
+                f"phi_arch needs 1 to {MAX_LAYERS} layers, rho_arch at most {MAX_LAYERS}, and "
+                f"every width must be 1 to {MAX_WIDTH}; got phi_arch={list(phi_arch)}, "
+                f"rho_arch={list(rho_arch)}"
             )
         self.num_features = int(num_features)
         self.arch: dict[str, list[int] | bool] = {

@@ -91,6 +91,22 @@ def test_network_ignores_empty_slots(dueling: bool) -> None:
     torch.testing.assert_close(net(padded)[:, :4], net(x))
 
 
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"phi_arch": ()},
+        {"phi_arch": (0,)},
+        {"phi_arch": (4097,)},
+        {"rho_arch": (4097,)},
+        {"phi_arch": (8,) * 9},
+        {"rho_arch": (8,) * 9},
+    ],
+)
+def test_network_refuses_sizes_out_of_bounds(arch: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="phi_arch needs 1 to 8 layers"):
+        DeepSetQNetwork(5, **arch)
+
+
 def test_network_scores_chosen_slots_as_its_full_pass() -> None:
     torch.manual_seed(0)
     net = DeepSetQNetwork(5, phi_arch=(16,), rho_arch=(16, 8))
@@ -710,6 +726,10 @@ def test_checkpoints_that_do_not_name_their_network_load_the_former_default(
         {"phi_arch": [8], "rho_arch": [8], "dueling": "no"},
         {"phi_arch": [8], "rho_arch": [8], "dueling": False, "width": 2},
         [8, 8],
+        # Sizes that would make loading build a network of any size before the weights are read.
+        {"phi_arch": [2**20], "rho_arch": [2**20], "dueling": False},
+        {"phi_arch": [8] * 9, "rho_arch": [8], "dueling": False},
+        {"phi_arch": [8], "rho_arch": [8] * 9, "dueling": False},
     ],
 )
 def test_a_malformed_network_entry_is_refused(
