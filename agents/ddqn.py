@@ -133,6 +133,10 @@ class DDQNConfig:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     """Q-network options: ``phi_arch`` (default ``[16]``), ``rho_arch`` (default
     ``[16]``), ``dueling`` (default False)."""
+    goal_policy_kwargs: dict[str, Any] | None = None
+    """Q-network options in place of ``policy_kwargs`` on an env that draws a new target every
+    episode (``env.unwrapped.goal_targets`` not empty), where one network serves every target
+    and may need more room; None: ``policy_kwargs``. ``ddqn.yml`` sets phi [32], rho [32]."""
     counterfactual_targets: bool = True
     """Train every shown candidate, not only the picked one: a sampled state's valid candidate
     ``a_i`` gets the taken action's n-step target shifted by ``r(a_i) - r(a_taken)``, the
@@ -155,6 +159,8 @@ class DDQNConfig:
         if self.checkpoint_path is not None:
             object.__setattr__(self, "checkpoint_path", os.fspath(self.checkpoint_path))
         object.__setattr__(self, "policy_kwargs", dict(self.policy_kwargs or {}))
+        if self.goal_policy_kwargs is not None:
+            object.__setattr__(self, "goal_policy_kwargs", dict(self.goal_policy_kwargs))
         checks = {
             "learning_rate > 0": self.learning_rate > 0,
             "batch_size >= 1": self.batch_size >= 1,
@@ -192,11 +198,12 @@ class DDQNConfig:
             raise ValueError(f"replay must be one of {REPLAY_MODES}, got {self.replay!r}")
         if self.checkpoint_freq and self.checkpoint_path is None:
             raise ValueError("checkpoint_freq needs a checkpoint_path")
-        unknown = set(self.policy_kwargs) - set(POLICY_KWARGS)
-        if unknown:
-            raise ValueError(
-                f"unknown policy_kwargs {sorted(unknown)}; valid keys: {', '.join(POLICY_KWARGS)}"
-            )
+        for name in ("policy_kwargs", "goal_policy_kwargs"):
+            unknown = set(getattr(self, name) or {}) - set(POLICY_KWARGS)
+            if unknown:
+                raise ValueError(
+                    f"unknown {name} {sorted(unknown)}; valid keys: {', '.join(POLICY_KWARGS)}"
+                )
 
     @classmethod
     def with_overrides(cls, config: DDQNConfig | None, overrides: dict[str, Any]) -> DDQNConfig:
@@ -368,7 +375,10 @@ class DDQN(Learner):
         if isinstance(env, str):
             env = gym.make(env)
         self._build(DDQNConfig.with_overrides(config, hyperparams))
-        self._setup_model(_EnvSpec.of(env, self.config.replay))
+        c = self.config
+        draws_goals = len(getattr(_single_base(env), "goal_targets", ())) > 0
+        network = c.goal_policy_kwargs if draws_goals else None
+        self._setup_model(_EnvSpec.of(env, c.replay), network)
         self.set_env(env)
 
     def _build(self, config: DDQNConfig) -> None:

@@ -108,6 +108,9 @@ class Job:
 
     def training(self) -> dict[str, Any]:
         """What the trained policy depends on (jobs of every target share a goal policy)."""
+        hyperparams = {**load_hyperparams(self.agent, "MiSiCAL-Store", None), **self.overrides}
+        if not self.goal_conditioned:  # a one-target policy never builds the goal network
+            hyperparams.pop("goal_policy_kwargs", None)
         return {
             "agent": self.agent,
             "store_fingerprint": self.store_fingerprint,
@@ -116,10 +119,7 @@ class Job:
             "pretrain_steps": self.pretrain_steps,
             "online_steps": self.online_steps,
             "pool_size": self.pool_size,
-            "hyperparams": {
-                **load_hyperparams(self.agent, "MiSiCAL-Store", None),
-                **self.overrides,
-            },
+            "hyperparams": hyperparams,
             # Only when set: the training digests of the evaluations before sweeps stay.
             **({"env_kwargs": self.env_settings} if self.env_kwargs else {}),
         }

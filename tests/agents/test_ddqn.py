@@ -529,6 +529,29 @@ def test_hindsight_relabels_targets_with_exact_returns(tiny_store: FeatureStore)
     np.testing.assert_array_equal(kept.returns, batch.returns)
 
 
+@pytest.mark.parametrize("vector", [None, "sync", "vector_entry_point"])
+def test_goal_policy_kwargs_build_the_network_of_a_goal_conditioned_env(
+    tiny_store: FeatureStore, tmp_path: Path, vector: str | None
+) -> None:
+    wide = {"phi_arch": [24], "rho_arch": [8]}
+
+    def env(target: str) -> Any:
+        if vector is None:
+            return make_env(tiny_store, target_class=target)
+        options = {"budget": 8, "pool_size": 8, "target_class": target}
+        return gym.make_vec("MiSiCAL-Store", 2, vector, root=str(tiny_store.path), **options)
+
+    goal = DDQN(env("random"), seed=0, goal_policy_kwargs=wide, **FAST)
+    assert goal.q_net.arch == {**wide, "dueling": False}
+    fixed = DDQN(env(TARGET), seed=0, goal_policy_kwargs=wide, **FAST)
+    assert fixed.q_net.arch["phi_arch"] == [16]  # one target: policy_kwargs
+    assert DDQN(env("random"), seed=0, **FAST).q_net.arch["phi_arch"] == [16]  # None: the same
+    loaded = DDQN.load(goal.save(tmp_path / "goal.zip"))
+    assert loaded.q_net.arch == goal.q_net.arch
+    with pytest.raises(ValueError, match="unknown goal_policy_kwargs"):
+        DDQN(env("random"), goal_policy_kwargs={"width": 3})
+
+
 def test_a_fixed_target_is_never_relabelled(tiny_store: FeatureStore) -> None:
     model = DDQN(make_env(tiny_store), seed=0, hindsight_fraction=1.0, **FAST).learn(150)
     assert model.env.unwrapped.goal_targets.size == 0

@@ -213,6 +213,13 @@ def test_the_select_mode_enters_the_job_digest_and_episode_keeps_the_old_one() -
     assert _job(select_mode="rank").digest != _job().digest
 
 
+def test_the_goal_network_enters_only_the_goal_policys_training() -> None:
+    one, goal = _job(policy="ddqn"), _job(policy="ddqn-goal")
+    assert "goal_policy_kwargs" in goal.training()["hyperparams"]
+    assert "goal_policy_kwargs" not in one.training()["hyperparams"]
+    assert one.training()["hyperparams"]["policy_kwargs"] == {"phi_arch": [16], "rho_arch": [16]}
+
+
 def test_evaluate_compares_rank_and_episode(tmp_path) -> None:
     store = write_random_store(tmp_path / "s", num_images=30, seed=3)
     rows = {}
