@@ -20,7 +20,7 @@ of COCO-Stuff 10k's candidate shape (K=32 candidates of F=177 features), with re
 the same number of random steps.
 
 "Equal-sized" is read two ways, both reported: SB3's MLP with the DDQN's parameter count, and
-SB3's MLP with the DDQN's hidden width (its embedding's, ``phi_arch[-1]``: 32 by default).
+SB3's MLP with the DDQN's hidden width (its embedding's, ``phi_arch[-1]``: 16 by default).
 The DeepSets network applies its weights to every candidate, so per sample it does about K
 times the multiply-adds of an MLP with as many parameters; the ``macs_per_sample`` fields make
 that visible.
