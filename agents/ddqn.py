@@ -134,9 +134,10 @@ class DDQNConfig:
     """Q-network options: ``phi_arch`` (default ``[16]``), ``rho_arch`` (default
     ``[16]``), ``dueling`` (default False)."""
     goal_policy_kwargs: dict[str, Any] | None = None
-    """Q-network options in place of ``policy_kwargs`` on an env that draws a new target every
+    """Q-network options over ``policy_kwargs``'s on an env that draws a new target every
     episode (``env.unwrapped.goal_targets`` not empty), where one network serves every target
-    and may need more room; None: ``policy_kwargs``. ``ddqn.yml`` sets phi [32], rho [32]."""
+    and may need more room; None: ``policy_kwargs`` alone. ``ddqn.yml`` sets phi [32], rho
+    [32]."""
     counterfactual_targets: bool = True
     """Train every shown candidate, not only the picked one: a sampled state's valid candidate
     ``a_i`` gets the taken action's n-step target shifted by ``r(a_i) - r(a_taken)``, the
@@ -377,7 +378,11 @@ class DDQN(Learner):
         self._build(DDQNConfig.with_overrides(config, hyperparams))
         c = self.config
         draws_goals = len(getattr(_single_base(env), "goal_targets", ())) > 0
-        network = c.goal_policy_kwargs if draws_goals else None
+        network = (
+            {**c.policy_kwargs, **c.goal_policy_kwargs}
+            if draws_goals and c.goal_policy_kwargs is not None
+            else None
+        )
         self._setup_model(_EnvSpec.of(env, c.replay), network)
         self.set_env(env)
 

@@ -548,6 +548,9 @@ def test_goal_policy_kwargs_build_the_network_of_a_goal_conditioned_env(
     assert DDQN(env("random"), seed=0, **FAST).q_net.arch["phi_arch"] == [16]  # None: the same
     loaded = DDQN.load(goal.save(tmp_path / "goal.zip"))
     assert loaded.q_net.arch == goal.q_net.arch
+    # Over policy_kwargs: what the goal options leave out comes from there.
+    dueling = DDQN(env("random"), policy_kwargs={"dueling": True}, goal_policy_kwargs=wide)
+    assert dueling.q_net.arch == {**wide, "dueling": True}
     with pytest.raises(ValueError, match="unknown goal_policy_kwargs"):
         DDQN(env("random"), goal_policy_kwargs={"width": 3})
 
