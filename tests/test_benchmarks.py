@@ -51,6 +51,12 @@ def test_bench_agents_reads_finished_runs_instead_of_training_again(tiny_store, 
     assert set(first["results"]["class3"]) == {"random", "presence"}
 
 
+def test_bench_select_selects_in_both_modes() -> None:
+    bench = report("bench_select.py", "--images", "40", "--budget", "20")
+    assert bench["store_patches"] == 640 and 0 < bench["pool_patches"] < 640
+    assert set(bench["seconds"]["rank"]) == {"random", "presence", "ddqn"}
+
+
 def test_presence_signal_scores_the_split_it_is_given(tiny_store) -> None:
     import numpy as np
 
