@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=10_000)
     parser.add_argument("--images", type=int, default=10_000, help="store images, 16 patches each")
     args = parser.parse_args()
+    if args.images < 20:  # about 10 of them go to init, and the pool needs the rest
+        parser.error(f"--images must be at least 20, got {args.images}")
 
     import torch
 
