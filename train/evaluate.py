@@ -55,6 +55,8 @@ def evaluate(
     ray_address: str | None = None,
     retrain: bool = False,
     retrain_epochs: int | None = None,
+    retrain_learning_rate: float | None = None,
+    retrain_weighting: str | None = None,
     retrain_policies: tuple[str, ...] | None = None,
     select_mode: str = "episode",
 ) -> dict[str, Any]:
@@ -65,10 +67,12 @@ def evaluate(
     results.
 
     With ``retrain``, every job also records ``iou``: the target's test IoU after fine-tuning
-    the store's segmenter for ``retrain_epochs`` epochs (None: ``DEFAULT_RETRAIN_EPOCHS`` of
-    :mod:`misical_gym.segmenter.retrain`) on init plus its picks, and the summary gets an
-    ``iou`` block per policy. ``retrain_policies`` (None: all of them, always with random)
-    limits retraining, the costly part, to those policies; the others' ``iou`` is None.
+    the store's segmenter for ``retrain_epochs`` epochs at ``retrain_learning_rate`` with
+    ``retrain_weighting`` class weights (None: ``DEFAULT_RETRAIN_EPOCHS`` and
+    ``RETRAIN_CONFIG``'s of :mod:`misical_gym.segmenter.retrain`) on init plus its picks, and
+    the summary gets an ``iou`` block per policy. ``retrain_policies`` (None: all of them,
+    always with random) limits retraining, the costly part, to those policies; the others'
+    ``iou`` is None.
     Without ``retrain`` every ``iou`` is None.
 
     ``select_mode`` is how every policy selects: ``"episode"`` (the paper's protocol) or
@@ -87,16 +91,19 @@ def evaluate(
     if select_mode not in MODES:
         raise ValueError(f"unknown select mode {select_mode!r}; choose one of {', '.join(MODES)}")
     if retrain:
-        retrain_epochs = retraining_epochs(store, retrain_epochs)
+        retrain_epochs, retrain_learning_rate, retrain_weighting = retraining_settings(
+            store, retrain_epochs, retrain_learning_rate, retrain_weighting
+        )
         retrain_policies = policies if retrain_policies is None else tuple(retrain_policies)
         unknown = sorted(set(retrain_policies) - set(policies))
         if unknown:
             raise ValueError(f"--retrain-policies {', '.join(unknown)} not in --policies")
         if "random" not in retrain_policies:
             raise ValueError("IoU is compared with random's: include it in --retrain-policies")
-    elif retrain_epochs is not None or retrain_policies is not None:
-        raise ValueError("--retrain-epochs and --retrain-policies need --retrain")
+    elif retrain_policies is not None:
+        raise ValueError("--retrain-policies needs --retrain")
     else:
+        check_no_retraining(retrain_epochs, retrain_learning_rate, retrain_weighting)
         retrain_policies = ()
     names = target_names(store, targets)
     out = Path(out)
@@ -116,6 +123,8 @@ def evaluate(
             retrain_epochs=retrain_epochs if policy in retrain_policies else None,
             cache=str((out / "training").resolve()),
             select_mode=select_mode,
+            retrain_learning_rate=retrain_learning_rate if policy in retrain_policies else None,
+            retrain_weighting=retrain_weighting if policy in retrain_policies else None,
         )
         for target in names
         for policy in policies
@@ -134,6 +143,8 @@ def evaluate(
         for policy, block in ious["policies"].items():
             summary["policies"][policy]["iou"] = block
         summary["retrain_epochs"] = retrain_epochs
+        summary["retrain_learning_rate"] = retrain_learning_rate
+        summary["retrain_weighting"] = retrain_weighting
     write_outputs(out, table, summary)
     return summary
 
@@ -152,16 +163,42 @@ def check_run_settings(
         raise ValueError("--budget and --seeds must be positive")
 
 
-def retraining_epochs(store: FeatureStore, epochs: int | None) -> int:
-    """``--retrain-epochs`` (None: the default), checked, with the store checked retrainable:
-    a clear error before any work."""
-    from misical_gym.segmenter.retrain import DEFAULT_RETRAIN_EPOCHS, check_retrainable
+def retraining_settings(
+    store: FeatureStore,
+    epochs: int | None,
+    learning_rate: float | None,
+    weighting: str | None,
+) -> tuple[int, float, str]:
+    """``--retrain-epochs``, ``--retrain-learning-rate`` and ``--retrain-weighting`` (None:
+    the defaults), checked, with the store checked retrainable: a clear error before any work."""
+    from misical_gym.segmenter.retrain import (
+        DEFAULT_RETRAIN_EPOCHS,
+        RETRAIN_CONFIG,
+        check_retrainable,
+    )
+    from misical_gym.segmenter.training import CLASS_WEIGHTINGS
 
     epochs = DEFAULT_RETRAIN_EPOCHS if epochs is None else epochs
+    learning_rate = RETRAIN_CONFIG.learning_rate if learning_rate is None else learning_rate
+    weighting = RETRAIN_CONFIG.class_weighting if weighting is None else weighting
     if epochs < 0:
         raise ValueError(f"--retrain-epochs must be non-negative, got {epochs}")
+    if not learning_rate > 0:  # NaN too
+        raise ValueError(f"--retrain-learning-rate must be positive, got {learning_rate}")
+    if weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(
+            f"--retrain-weighting must be one of {', '.join(CLASS_WEIGHTINGS)}, got {weighting!r}"
+        )
     check_retrainable(store)
-    return epochs
+    return epochs, float(learning_rate), weighting
+
+
+def check_no_retraining(*settings: object) -> None:
+    """Raise ValueError when a fine-tuning setting is given without ``--retrain``."""
+    if any(setting is not None for setting in settings):
+        raise ValueError(
+            "--retrain-epochs, --retrain-learning-rate and --retrain-weighting need --retrain"
+        )
 
 
 def target_names(store: FeatureStore, targets: str | list[str]) -> list[str]:
@@ -282,6 +319,19 @@ def add_job_arguments(
         metavar="N",
         help="with --retrain: fine-tuning epochs (32)",
     )
+    parser.add_argument(
+        "--retrain-learning-rate",
+        type=float,
+        default=None,
+        metavar="LR",
+        help="with --retrain: the fine-tuning's Adam learning rate (3e-3)",
+    )
+    parser.add_argument(
+        "--retrain-weighting",
+        default=None,
+        choices=["inverse", "sqrt", "none"],
+        help="with --retrain: the fine-tuning's class weights (inverse)",
+    )
     parser.add_argument("--out", type=Path, required=True)
 
 
@@ -301,6 +351,8 @@ def main(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         retrain=args.retrain,
         retrain_epochs=args.retrain_epochs,
+        retrain_learning_rate=args.retrain_learning_rate,
+        retrain_weighting=args.retrain_weighting,
         retrain_policies=None
         if args.retrain_policies is None
         else tuple(args.retrain_policies.split(",")),

@@ -32,6 +32,11 @@ every episode) that serves every target, beside the paper's one policy per targe
 JOB_FORMAT = 2
 """Version of the job files; files of another version are run again."""
 
+_RETRAINING_FIELDS = ("retrain_epochs", "retrain_learning_rate", "retrain_weighting")
+"""The :class:`Job` fields that say how a job fine-tunes the segmenter (not in its digest)."""
+_LEGACY_RETRAINING = {"retrain_learning_rate": 3e-3, "retrain_weighting": "inverse"}
+"""How the rows written before these two settings existed were fine-tuned."""
+
 
 def policy_agent(policy: str) -> tuple[str, bool]:
     """The agent a policy name trains, and whether it is goal-conditioned."""
@@ -78,6 +83,10 @@ class Job:
     """JSON object of environment arguments (``misical sweep --env-grid``: the reward scheme,
     ``features``...), used in training, in selection (``features``) and for the row's
     ``reward``; empty: the defaults."""
+    retrain_learning_rate: float | None = None
+    """The fine-tuning's learning rate when :attr:`retrain` (resolved: never None then)."""
+    retrain_weighting: str | None = None
+    """The fine-tuning's class weighting when :attr:`retrain` (resolved: never None then)."""
 
     @classmethod
     def encode(cls, settings: dict[str, Any]) -> str:
@@ -127,9 +136,9 @@ class Job:
     @property
     def digest(self) -> str:
         """A digest of everything that determines the job's selection (not where files live,
-        nor the retraining: a row records its own ``retrain_epochs``, see :meth:`answered_by`)."""
+        nor the retraining: a row records its own :meth:`retraining`, see :meth:`answered_by`)."""
         fields = dataclasses.asdict(self)
-        for name in ("store", "cache", "retrain", "retrain_epochs"):
+        for name in ("store", "cache", "retrain", *_RETRAINING_FIELDS):
             del fields[name]
         if self.select_mode == "episode":
             del fields["select_mode"]  # the jobs of before rank mode keep their digests
@@ -142,16 +151,26 @@ class Job:
 
     def answered_by(self, record: Any) -> dict[str, Any] | None:
         """This job's row from a job file's ``record``, or None when the file answers another
-        job: another configuration, or no IoU measured with this job's retraining epochs. A row
-        with an IoU also answers the same job without retraining, its IoU left out."""
+        job: another configuration, or no IoU measured with this job's :meth:`retraining`. A
+        row with an IoU also answers the same job without retraining, its IoU left out."""
         if not isinstance(record, dict) or record.get("digest") != self.digest:
             return None
         row = record.get("row")
         if not isinstance(row, dict):
             return None
         if self.retrain:
-            return row if row.get("retrain_epochs") == self.retrain_epochs else None
+            same = all(
+                row.get(name, _LEGACY_RETRAINING.get(name)) == value
+                for name, value in self.retraining().items()
+            )
+            return row if same else None
         return {**row, "iou": None}
+
+    def retraining(self) -> dict[str, Any]:
+        """The fine-tuning settings, as its row records them (all None without retraining)."""
+        if not self.retrain:
+            return dict.fromkeys(_RETRAINING_FIELDS)
+        return {name: getattr(self, name) for name in _RETRAINING_FIELDS}
 
     @property
     def file_name(self) -> str:
@@ -275,9 +294,16 @@ def run_job(job: Job) -> dict[str, Any]:
     if job.retrain:
         from misical_gym.segmenter.retrain import retrain_iou
 
-        assert job.retrain_epochs is not None
+        assert job.retrain_epochs is not None and job.retrain_learning_rate is not None
+        assert job.retrain_weighting is not None
         value = retrain_iou(
-            store, selection["target_id"], ids, seed=job.seed, epochs=job.retrain_epochs
+            store,
+            selection["target_id"],
+            ids,
+            seed=job.seed,
+            epochs=job.retrain_epochs,
+            learning_rate=job.retrain_learning_rate,
+            class_weighting=job.retrain_weighting,
         )
         iou = None if np.isnan(value) else value  # NaN: the class is nowhere in the test split
     return {
@@ -289,6 +315,6 @@ def run_job(job: Job) -> dict[str, Any]:
         "hit_rate": float((counts > 0).mean()) if counts.size else 0.0,
         "reward": float(reward_fn(counts, store.areas[ids]).sum()),
         "iou": iou,
-        "retrain_epochs": job.retrain_epochs if job.retrain else None,
+        **job.retraining(),
         "curve": np.cumsum(counts).tolist(),
     }

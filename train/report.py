@@ -43,7 +43,11 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
     if any("iou" in row for row in summary["policies"].values()):
         lines += [
             "",
-            f"## IoU after retraining ({summary.get('retrain_epochs')} epochs)",
+            retraining_heading(
+                summary.get("retrain_epochs"),
+                summary.get("retrain_learning_rate"),
+                summary.get("retrain_weighting"),
+            ),
             "",
             "The target's IoU on the test split after the segmenter is fine-tuned on init plus "
             "the picks (labelled inside the picked patches only), compared with random the "
@@ -65,6 +69,14 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
     lines += _per_class_table(rows, summary)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     write_plots(out, rows, summary)
+
+
+def retraining_heading(epochs: Any, learning_rate: Any, weighting: Any) -> str:
+    """The heading of a report's IoU-after-retraining section, naming the fine-tuning."""
+    settings = f"{epochs} epochs"
+    if learning_rate is not None:  # summaries of before the setting name the epochs only
+        settings += f", learning rate {learning_rate:g}, {weighting} class weights"
+    return f"## IoU after retraining ({settings})"
 
 
 def _per_class_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:

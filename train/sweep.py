@@ -47,12 +47,14 @@ from misical_gym.paths import safe_name
 from misical_gym.train.agents import AGENTS, HEURISTIC_AGENTS, agent_class, valid_hyperparams
 from misical_gym.train.evaluate import (
     add_job_arguments,
+    check_no_retraining,
     check_run_settings,
-    retraining_epochs,
+    retraining_settings,
     run_missing_jobs,
     target_names,
 )
 from misical_gym.train.jobs import Job
+from misical_gym.train.report import retraining_heading
 from misical_gym.train.statistics import summarize
 
 HARD_COPY_INTERVAL = 500
@@ -200,6 +202,8 @@ def sweep(
     ray_address: str | None = None,
     retrain: bool = False,
     retrain_epochs: int | None = None,
+    retrain_learning_rate: float | None = None,
+    retrain_weighting: str | None = None,
     optuna_trials: int | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every point (or ``optuna_trials`` of them), then write the outputs.
@@ -217,9 +221,11 @@ def sweep(
     store = FeatureStore.open(store_path)
     points = check_grids(agent, grid, env_grid, str(store.path))
     if retrain:
-        retrain_epochs = retraining_epochs(store, retrain_epochs)
-    elif retrain_epochs is not None:
-        raise ValueError("--retrain-epochs needs --retrain")
+        settings = retraining_settings(
+            store, retrain_epochs, retrain_learning_rate, retrain_weighting
+        )
+    else:
+        check_no_retraining(retrain_epochs, retrain_learning_rate, retrain_weighting)
     names = target_names(store, targets)
     out = Path(out)
     base = Job(
@@ -262,8 +268,7 @@ def sweep(
     }
     summary.update(_statistics(table, plan, evaluated, axes, store))
     if retrain:
-        assert retrain_epochs is not None
-        summary["retrain"] = plan.retrain(evaluated, table, axes, store, retrain_epochs)
+        summary["retrain"] = plan.retrain(evaluated, table, axes, store, *settings)
     _write_outputs(out, table, summary)
     return summary
 
@@ -352,6 +357,8 @@ class _Plan:
         axes: Sequence[str],
         store: Any,
         epochs: int,
+        learning_rate: float,
+        weighting: str,
     ) -> dict[str, Any]:
         """IoU after retraining, on the rare classes (else every target), for the best point of
         each reward scheme (by target pixels on those classes) and for random."""
@@ -378,14 +385,26 @@ class _Plan:
         chosen["random"] = (({}, {}), "random")
         retrained = {
             scheme: [
-                dataclasses.replace(job, retrain=True, retrain_epochs=epochs)
+                dataclasses.replace(
+                    job,
+                    retrain=True,
+                    retrain_epochs=epochs,
+                    retrain_learning_rate=learning_rate,
+                    retrain_weighting=weighting,
+                )
                 for job in self.jobs(point, policy)
                 if job.target in classes
             ]
             for scheme, (point, policy) in chosen.items()
         }
         self.run((), tuple(job for jobs in retrained.values() for job in jobs))
-        out: dict[str, Any] = {"epochs": epochs, "classes": classes, "best": {}}
+        out: dict[str, Any] = {
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "weighting": weighting,
+            "classes": classes,
+            "best": {},
+        }
         for scheme, jobs in retrained.items():
             per_class: dict[str, float | None] = {}
             for target in classes:
@@ -586,7 +605,7 @@ def _markdown(table: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         block = summary["retrain"]
         lines += [
             "",
-            f"## IoU after retraining ({block['epochs']} epochs)",
+            retraining_heading(block["epochs"], block.get("learning_rate"), block.get("weighting")),
             "",
             "The best point of each reward scheme (by target pixels on these classes) and random: "
             "the target's test IoU after the segmenter is fine-tuned on init plus the picks, "
@@ -729,6 +748,8 @@ def main(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         retrain=args.retrain,
         retrain_epochs=args.retrain_epochs,
+        retrain_learning_rate=args.retrain_learning_rate,
+        retrain_weighting=args.retrain_weighting,
         optuna_trials=args.optuna,
     )
     print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -224,12 +225,35 @@ def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, jobs_r
         assert set(iou) == set(pixels) - {"iou"}
         assert iou["classes"] == 2 and set(iou["gain_over_random"]) == {"sky", "grass"}
     assert summary["retrain_epochs"] == 1
-    assert "## IoU after retraining (1 epochs)" in (tmp_path / "report.md").read_text()
+    assert (summary["retrain_learning_rate"], summary["retrain_weighting"]) == (3e-3, "inverse")
+    heading = "## IoU after retraining (1 epochs, learning rate 0.003, inverse class weights)"
+    assert heading in (tmp_path / "report.md").read_text()
+    job_rows = [json.loads(f.read_text())["row"] for f in (tmp_path / "jobs").glob("*.json")]
+    assert len(job_rows) == 4 and all(
+        (r["retrain_learning_rate"], r["retrain_weighting"]) == (3e-3, "inverse") for r in job_rows
+    )
     again = evaluate(
         prepared.path, tmp_path, policies=policies, retrain=True, retrain_epochs=2, **kwargs
     )
     assert [j.retrain_epochs for j in jobs_run] == [1] * 4 + [2] * 4  # other epochs: again
     jobs_run.clear()
+    for setting in ({"retrain_learning_rate": 3e-4}, {"retrain_weighting": "sqrt"}):
+        evaluate(
+            prepared.path,
+            tmp_path,
+            policies=policies,
+            retrain=True,
+            retrain_epochs=2,
+            **setting,
+            **kwargs,
+        )
+        # Another learning rate or weighting runs every job again, and the rows say so.
+        assert len(jobs_run) == 4 and all(
+            getattr(job, name) == value for job in jobs_run for name, value in setting.items()
+        )
+        job_rows = [json.loads(f.read_text())["row"] for f in (tmp_path / "jobs").glob("*.json")]
+        assert all(r[name] == value for r in job_rows for name, value in setting.items())
+        jobs_run.clear()
     assert evaluate(prepared.path, tmp_path, policies=policies, **kwargs) == plain
     assert jobs_run == [] and "iou" in again["policies"]["random"]
     assert all(r["iou"] is None for r in json.loads((tmp_path / "results.json").read_text()))
@@ -284,6 +308,68 @@ def test_retrain_epochs_help_states_the_default() -> None:
     assert f"fine-tuning epochs ({DEFAULT_RETRAIN_EPOCHS})" in parser.format_help()
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"retrain_learning_rate": 0.0}, "--retrain-learning-rate must be positive, got 0.0"),
+        ({"retrain_learning_rate": float("nan")}, "--retrain-learning-rate must be positive"),
+        ({"retrain_weighting": "median"}, "--retrain-weighting must be one of sqrt, inverse"),
+        ({"retrain_epochs": -1}, "--retrain-epochs must be non-negative"),
+    ],
+)
+def test_bad_retraining_settings_fail_before_any_work(
+    prepared, tmp_path, jobs_run, settings, message
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        evaluate(prepared.path, tmp_path, policies=("random",), retrain=True, **settings)
+    assert jobs_run == []
+
+
+def test_retrain_fine_tunes_with_the_given_settings(prepared, monkeypatch) -> None:
+    from misical_gym.segmenter import retrain
+
+    seen = []
+
+    def record(model, images, labels, config, **kwargs):
+        seen.append(config)
+
+    monkeypatch.setattr(retrain, "train_segmenter", record)
+    ids = prepared.split_ids("pool")[:2]
+    retrain.retrain_iou(prepared, "sky", ids, epochs=3, learning_rate=2e-4, class_weighting="sqrt")
+    retrain.retrain_iou(prepared, "sky", ids, epochs=3)
+    assert [(c.epochs, c.learning_rate, c.class_weighting) for c in seen] == [
+        (3, 2e-4, "sqrt"),
+        (3, 3e-3, "inverse"),
+    ]
+
+
+def test_rows_of_before_the_retraining_settings_read_as_their_defaults(prepared, tmp_path) -> None:
+    from misical_gym.train.jobs import Job
+
+    job = Job(
+        store=str(prepared.path),
+        store_fingerprint=prepared.fingerprint,
+        target="sky",
+        target_id=prepared.class_index("sky"),
+        policy="random",
+        seed=0,
+        budget=4,
+        pool_size=8,
+        pretrain_steps=0,
+        online_steps=0,
+        retrain=True,
+        retrain_epochs=32,
+        cache=str(tmp_path),
+        retrain_learning_rate=3e-3,
+        retrain_weighting="inverse",
+    )
+    row = {"target": "sky", "iou": 0.5, "retrain_epochs": 32}  # no learning rate, no weighting
+    assert job.answered_by({"digest": job.digest, "row": row}) == row
+    sqrt = dataclasses.replace(job, retrain_weighting="sqrt")
+    assert sqrt.digest == job.digest  # the fine-tuning is not part of the selection
+    assert sqrt.answered_by({"digest": job.digest, "row": row}) is None
+
+
 def test_retrain_is_deterministic(prepared) -> None:
     from misical_gym.segmenter.retrain import retrain_iou
 
@@ -301,8 +387,17 @@ def test_retrain_needs_the_store_images(tiny_store, prepared, tmp_path, capsys) 
     argv = ["evaluate", "--store", str(tiny_store.path), "--out", str(tmp_path / "a")]
     assert main([*argv, "--targets", "class3", "--retrain"]) == 2
     assert "does not record where they are" in capsys.readouterr().err
-    assert main([*argv, "--retrain-epochs", "2"]) == 2
-    assert "--retrain-epochs and --retrain-policies need --retrain" in capsys.readouterr().err
+    for flag, value in (
+        ("--retrain-epochs", "2"),
+        ("--retrain-learning-rate", "1e-4"),
+        ("--retrain-weighting", "sqrt"),
+    ):
+        assert main([*argv, flag, value]) == 2
+        assert "--retrain-learning-rate and --retrain-weighting need --retrain" in (
+            capsys.readouterr().err
+        )
+    assert main([*argv, "--retrain-policies", "random"]) == 2
+    assert "--retrain-policies needs --retrain" in capsys.readouterr().err
     moved = tmp_path / "moved"  # a store whose dataset is no longer where it was
     shutil.copytree(prepared.path, moved)
     manifest = json.loads((moved / "manifest.json").read_text())
