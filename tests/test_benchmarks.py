@@ -68,3 +68,30 @@ def test_presence_signal_scores_the_split_it_is_given(tiny_store) -> None:
         assert signal["split"] == split and signal["patches"] == patches.size
         assert signal["classes"]["class3"]["patches_with_class"] == int(holds.sum())
         assert 0.0 <= signal["classes"]["class3"]["presence_auc"] <= 1.0
+
+
+def test_retrain_settings_compares_fine_tunings_with_the_frozen_segmenter(tmp_path) -> None:
+    from misical_gym.prepare import PrepareConfig, prepare_synthetic
+
+    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, threads=1)
+    store = prepare_synthetic(tmp_path / "store", images=24, config=config, progress=False)
+    argv = ["--store", str(store.path), "--classes", "road,rake", "--budget", "4"]
+    argv += ["--settings", "3e-3:inverse,1e-4:sqrt"]
+    unchanged = report("retrain_settings.py", *argv, "--epochs", "0")
+    test_iou = store.manifest["segmenter"]["test_iou"]
+    assert unchanged["frozen_iou"] == {
+        name: round(test_iou[store.class_index(name)], 4) for name in ("road", "rake")
+    }
+    for setting in unchanged["settings"]:  # no fine-tuning: exactly the frozen segmenter
+        assert setting["iou"] == unchanged["frozen_iou"]
+        assert setting["above_frozen"] == 0 and setting["mean_gain_over_frozen"] == 0
+    tuned = report("retrain_settings.py", *argv, "--epochs", "1")
+    assert [(s["learning_rate"], s["weighting"]) for s in tuned["settings"]] == [
+        (3e-3, "inverse"),
+        (1e-4, "sqrt"),
+    ]
+    assert min(tuned["oracle_target_pixels"].values()) > 0
+    for setting in tuned["settings"]:
+        gains = [setting["iou"][c] - tuned["frozen_iou"][c] for c in ("road", "rake")]
+        assert setting["above_frozen"] == sum(g > 0 for g in gains)
+        assert abs(setting["mean_gain_over_frozen"] - sum(gains) / 2) < 1e-3

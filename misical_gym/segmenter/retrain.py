@@ -53,9 +53,9 @@ replaced per call.
 The default learning rate and weighting were chosen on the synthetic world, whose rare classes
 the frozen segmenter barely predicts: inverse weights make the oracle's picks register there.
 On CamVid, after the oracle's picks, they left three of the five rare classes below the frozen
-segmenter's own IoU; a tenth of the learning rate with the segmenter's own ``sqrt`` weighting
-lifted four of the five above it (``misical evaluate --retrain-learning-rate 3e-4
---retrain-weighting sqrt``; see the README's CamVid section)."""
+segmenter's own IoU; the segmenter's own ``sqrt`` weighting lifts four of the five above it
+(``misical evaluate --retrain-weighting sqrt``; ``benchmarks/retrain_settings.py`` measures
+this, and the README's CamVid section reports it)."""
 
 
 MIN_INIT_CROPS = 64
