@@ -82,7 +82,7 @@ def main() -> None:
         )
         picks[name] = np.array([p["patch_id"] for p in selection["picks"]], dtype=np.int64)
     report: dict = {
-        "store": str(args.store),
+        "store": store.path.name,
         "budget": args.budget,
         "seed": args.seed,
         "epochs": epochs,
