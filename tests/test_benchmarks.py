@@ -95,3 +95,14 @@ def test_retrain_settings_compares_fine_tunings_with_the_frozen_segmenter(tmp_pa
         gains = [setting["iou"][c] - tuned["frozen_iou"][c] for c in ("road", "rake")]
         assert setting["above_frozen"] == sum(g > 0 for g in gains)
         assert abs(setting["mean_gain_over_frozen"] - sum(gains) / 2) < 1e-3
+
+
+def test_prepare_camvid_times_a_training_step_of_the_default_segmenter() -> None:
+    import importlib.util
+
+    path = BENCHMARKS / "prepare_camvid.py"
+    spec = importlib.util.spec_from_file_location("prepare_camvid", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert 0 < module.time_training_step(1, steps=1) < 60
