@@ -16,6 +16,18 @@ def report(script: str, *argv: str) -> dict:
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
+def load_benchmark(script: str):
+    """A benchmark script imported as a module, for its functions."""
+    import importlib.util
+
+    path = BENCHMARKS / script
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bench_env_reports_the_given_stores_patches(tiny_store) -> None:
     argv = ["--store", str(tiny_store.path), "--steps", "300", "--vector-envs", "4"]
     bench = report("bench_env.py", *argv)
@@ -98,11 +110,37 @@ def test_retrain_settings_compares_fine_tunings_with_the_frozen_segmenter(tmp_pa
 
 
 def test_prepare_camvid_times_a_training_step_of_the_default_segmenter() -> None:
-    import importlib.util
+    assert 0 < load_benchmark("prepare_camvid.py").time_training_step(1, steps=1) < 60
 
-    path = BENCHMARKS / "prepare_camvid.py"
-    spec = importlib.util.spec_from_file_location("prepare_camvid", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert 0 < module.time_training_step(1, steps=1) < 60
+
+def test_presence_headroom_plays_presence_as_the_evaluation_does(tiny_store) -> None:
+    import numpy as np
+
+    from misical_gym.train.select import select_patches
+
+    argv = ["--store", str(tiny_store.path), "--classes", "class3", "--seeds", "2"]
+    headroom = report("presence_headroom.py", *argv, "--budget", "6", "--pool-size", "8")
+    result = headroom["classes"]["class3"]
+    assert set(result) == {"presence", "ridge_init", "ridge_pool", "oracle"}
+    target = tiny_store.class_index("class3")
+    for seed in range(2):
+        picks = select_patches(tiny_store.path, "presence", "class3", 6, pool_size=8, seed=seed)
+        ids = np.array([p["patch_id"] for p in picks["picks"]])
+        pixels = int(tiny_store.counts[ids, target].sum())
+        assert result["presence"]["target_pixels"][seed] == pixels
+    for scores in result.values():
+        assert scores["mean"] == round(float(np.mean(scores["target_pixels"])), 1)
+        assert scores["vs_presence"] == round(scores["mean"] / result["presence"]["mean"], 3)
+
+
+def test_the_headroom_ridge_fits_a_quadratic_of_the_presence() -> None:
+    import numpy as np
+
+    headroom = load_benchmark("presence_headroom.py")
+    rng = np.random.default_rng(0)
+    rows = rng.random((400, 3)).astype(np.float32)
+    counts = 500 * rows[:, 1] ** 2 + 20 * rows[:, 0] * rows[:, 1]
+    scorer = headroom.RidgeScorer((8, 3), np.arange(3), presence_column=1)
+    scorer.fit(rows, counts, rng)
+    assert scorer.penalty == min(headroom.RIDGE_PENALTIES)
+    np.testing.assert_allclose(scorer.scores(rows[None])[0], counts, atol=1.0)
