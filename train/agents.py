@@ -21,6 +21,7 @@ import yaml
 
 from misical_gym.agents.policy import Agent, as_rows, candidate_masks, greedy_actions
 from misical_gym.envs.wrappers import with_statistics
+from misical_gym.train import yaml_values
 
 if TYPE_CHECKING:
     import torch
@@ -106,7 +107,7 @@ def default_hyperparams(name: str, env_id: str) -> dict[str, Any]:
     file = resources.files("misical_gym.train") / "hyperparams" / f"{base}.yml"
     if not file.is_file():
         return {}
-    entry = dict(select_env_entry(yaml.safe_load(file.read_text()) or {}, env_id))
+    entry = dict(select_env_entry(yaml_values.load(file.read_text()) or {}, env_id))
     return entry | DDQN_VARIANTS.get(name, {})
 
 
@@ -136,7 +137,7 @@ def load_hyperparams(name: str, env_id: str, override_file: str | Path | None) -
     if not path.is_file():
         raise FileNotFoundError(f"hyperparameter file {path} does not exist")
     try:
-        table = yaml.safe_load(path.read_text()) or {}
+        table = yaml_values.load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"hyperparameter file {path} is not valid YAML: {exc}") from None
     if not isinstance(table, dict):

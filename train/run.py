@@ -31,6 +31,7 @@ from misical_gym.agents.policy import Agent, CandidatePolicy, play_episode
 from misical_gym.atomic import atomic_path, atomic_write_text
 from misical_gym.envs.patch_selection import unwrap_misical
 from misical_gym.paths import safe_name
+from misical_gym.train import yaml_values
 from misical_gym.train.agents import (
     AGENTS,
     DDQN_AGENTS,
@@ -406,7 +407,7 @@ def _resumable(run_dir: Path, config: dict[str, Any], overwrite: bool) -> Path |
     if (run_dir / "summary.json").is_file():
         raise FileExistsError(f"run {run_dir} exists; pass --overwrite to replace it")
     try:
-        same = yaml.safe_load(config_file.read_text()) == config
+        same = yaml_values.load(config_file.read_text()) == config
     except yaml.YAMLError:
         same = False
     if not same:
@@ -547,7 +548,7 @@ def parse_env_kwargs(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--env-kwargs takes KEY=VALUE pairs, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        out[key] = yaml_values.load(value)
     return out
 
 

@@ -35,6 +35,7 @@ from misical_gym.atomic import atomic_write_text
 from misical_gym.envs.patch_selection import unwrap_misical
 from misical_gym.paths import safe_name
 from misical_gym.store import FeatureStore
+from misical_gym.train import yaml_values
 from misical_gym.train.agents import HEURISTIC_AGENTS, check_agent, load_agent, make_agent
 from misical_gym.train.rank import best_patches, rank_scores
 
@@ -84,7 +85,7 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
         ValueError: the run is incomplete or damaged (no agent, no summary naming the model).
     """
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = yaml_values.load((run_dir / "config.yaml").read_text())
         agent = config["agent"]
         model_name = json.loads((run_dir / "summary.json").read_text())["model"]
         check_agent(agent)

@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from misical_gym.atomic import atomic_path, atomic_write_text
 from misical_gym.paths import safe_name
+from misical_gym.train import yaml_values
 from misical_gym.train.agents import AGENTS, HEURISTIC_AGENTS, agent_class, valid_hyperparams
 from misical_gym.train.evaluate import (
     add_job_arguments,
@@ -103,8 +103,9 @@ def parse_grid(items: Sequence[str], flag: str) -> dict[str, list[Any]]:
             raise ValueError(f"{flag} takes KEY=V1,V2,... items, got {item!r}")
         if key in grid:
             raise ValueError(f"{flag} names {key!r} twice; give all its values in one item")
+        load = yaml_values.load
         parsed = [
-            [yaml.safe_load(v) for v in value.split("+")] if "+" in value else yaml.safe_load(value)
+            [load(v) for v in value.split("+")] if "+" in value else load(value)
             for value in values.split(",")
         ]
         if len({json.dumps(v) for v in parsed}) != len(parsed):

@@ -143,6 +143,13 @@ def test_parse_grid_reads_yaml_scalars_and_column_lists() -> None:
     assert grid == {"gamma": [0, 0.9], "features": ["all", ["bald_mean", "target_presence"]]}
 
 
+def test_parse_grid_reads_exponents_without_a_dot_as_floats() -> None:
+    # YAML 1.1 (PyYAML's) reads 1e-4 as a string; users write learning rates so.
+    grid = parse_grid(["learning_rate=1e-4,3E-4,2.5e-3", "seed_name=1e5x"], "--grid")
+    assert grid == {"learning_rate": [1e-4, 3e-4, 2.5e-3], "seed_name": ["1e5x"]}
+    assert all(isinstance(v, float) for v in grid["learning_rate"])
+
+
 def test_optuna_searches_the_grid_values(tiny_store, tmp_path, jobs_run) -> None:
     grid = {"gamma": [0, 0.5, 0.9], "learning_starts": [10], "batch_size": [8]}
     kwargs = {**STEPS, "seeds": 1, "targets": ["class3"]}

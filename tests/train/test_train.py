@@ -340,6 +340,22 @@ def test_unknown_hyperparameter_lists_valid_keys_and_leaves_no_run(tiny_store, t
     run_training("ddqn", "MiSiCAL-Store", hyperparams_file=override, device="cpu", **run)
 
 
+def test_hyperparameter_files_and_env_kwargs_read_dotless_exponents_as_floats(tmp_path) -> None:
+    from misical_gym.train.agents import load_hyperparams
+    from misical_gym.train.run import parse_env_kwargs
+
+    override = tmp_path / "hp.yml"
+    override.write_text("default:\n  learning_rate: 1e-4\n  buffer_size: 5000\n")
+    params = load_hyperparams("ddqn", "MiSiCAL-Store", override)
+    assert params["learning_rate"] == 1e-4 and isinstance(params["learning_rate"], float)
+    assert params["buffer_size"] == 5000 and isinstance(params["buffer_size"], int)
+    assert parse_env_kwargs(["reward_values=[0,5e-1,1]", "budget=16"]) == {
+        "reward_values": [0, 0.5, 1],
+        "budget": 16,
+    }
+    assert yaml.safe_load("1e-4") == "1e-4"  # PyYAML's own loader is left as it is
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
