@@ -175,9 +175,14 @@ def resolve_hyperparams(agent: str, point: dict[str, Any]) -> dict[str, Any]:
 
 
 def point_label(point: Point, axes: Sequence[str]) -> str:
-    """``gamma=0.9 tau=0.005``: the point's values on the swept axes (``defaults`` if none)."""
+    """``gamma=0.9 tau=0.005``: the point's values on the swept axes.
+
+    A grid that sweeps nothing names every setting its one point sets, so that a run of
+    non-default settings is not reported as ``defaults``; that name is left for a point that
+    sets nothing.
+    """
     values = {**point[0], **point[1]}
-    words = [f"{k}={_text(values[k])}" for k in axes]
+    words = [f"{k}={_text(values[k])}" for k in (axes or values)]
     return " ".join(words) or "defaults"
 
 

@@ -196,3 +196,13 @@ def test_retrain_reports_iou_for_the_best_point_of_each_reward(prepared, tmp_pat
         assert iou is None or 0.0 <= iou <= 1.0
     heading = "## IoU after retraining (1 epochs, learning rate 0.003, sqrt class weights)"
     assert heading in (tmp_path / "summary.md").read_text()
+
+
+def test_a_grid_of_one_point_is_named_by_its_settings(tiny_store, tmp_path) -> None:
+    env_grid = {"reward_bins": [[0, 0.01]]}
+    grid = {"learning_starts": [10], "batch_size": [8]}
+    kwargs = {**STEPS, "seeds": 1, "targets": ["class3"]}
+    summary = sweep(tiny_store.path, tmp_path, grid=grid, env_grid=env_grid, **kwargs)
+    assert summary["best_point"] == "learning_starts=10 batch_size=8 reward_bins=0+0.01"
+    plain = sweep(tiny_store.path, tmp_path / "plain", targets=["class3"], **{**STEPS, "seeds": 1})
+    assert plain["best_point"] == "defaults"
