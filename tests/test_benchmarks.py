@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -107,6 +110,60 @@ def test_retrain_settings_compares_fine_tunings_with_the_frozen_segmenter(tmp_pa
         gains = [setting["iou"][c] - tuned["frozen_iou"][c] for c in ("road", "rake")]
         assert setting["above_frozen"] == sum(g > 0 for g in gains)
         assert abs(setting["mean_gain_over_frozen"] - sum(gains) / 2) < 1e-3
+
+
+def test_retrain_breakdown_splits_the_evaluations_picks_errors(tmp_path) -> None:
+    from misical_gym.prepare import PrepareConfig, prepare_synthetic
+    from misical_gym.store import FeatureStore
+    from misical_gym.train.evaluate import evaluate
+
+    config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, threads=1)
+    store = prepare_synthetic(tmp_path / "store", images=24, config=config, progress=False)
+    steps = ["--budget", "4", "--pool-size", "6", "--pretrain-steps", "40", "--online-steps", "8"]
+    argv = ["--store", str(store.path), "--classes", "road,rake", "--seeds", "2", *steps]
+    argv += ["--policies", "ddqn,presence,random", "--cache", str(tmp_path / "eval" / "training")]
+    unchanged = report("retrain_breakdown.py", *argv, "--epochs", "0")
+    # The same jobs as the evaluation's: the same picks, and the evaluation's trained policies.
+    summary = evaluate(
+        store.path,
+        tmp_path / "eval",
+        targets=["road", "rake"],
+        policies=("ddqn", "presence", "random"),
+        budget=4,
+        seeds=2,
+        pool_size=6,
+        pretrain_steps=40,
+        online_steps=8,
+    )
+    assert summary["policies"]["ddqn"]["classes"] == 2
+    with open(tmp_path / "eval" / "results.csv", newline="") as results:
+        rows = {
+            (r["target"], r["policy"], int(r["seed"])): int(r["target_pixels"])
+            for r in csv.DictReader(results)
+        }
+    test_iou = FeatureStore.open(store.path).manifest["segmenter"]["test_iou"]
+    for name, block in unchanged["classes"].items():
+        frozen = block["frozen"]
+        assert frozen["iou"] == round(test_iou[store.class_index(name)], 4)
+        for policy in ("ddqn", "presence", "random"):
+            for row in block[policy]["seeds"]:
+                assert row["target_pixels"] == rows[(name, policy, row["seed"])]
+                # No fine-tuning: exactly the frozen segmenter's errors.
+                assert {k: row[k] for k in frozen} == frozen
+    tuned = report("retrain_breakdown.py", *argv, "--epochs", "1", "--policies", "random")
+    for block in tuned["classes"].values():
+        for row in block["random"]["seeds"]:  # the test split's target pixels do not move
+            assert row["tp"] + row["fn"] == block["frozen"]["tp"] + block["frozen"]["fn"]
+
+
+def test_target_errors_splits_a_confusion_matrix() -> None:
+    errors = load_benchmark("retrain_breakdown.py").target_errors
+    confusion = np.array([[5, 1, 0], [2, 6, 3], [0, 4, 9]])  # (true, predicted)
+    split = errors(confusion, 1, ("a", "b", "c"))
+    assert (split["tp"], split["fp"], split["fn"]) == (6, 5, 5)
+    assert split["iou"] == round(6 / 16, 4) and split["recall"] == round(6 / 11, 4)
+    assert split["missed_as"] == {"c": 3, "a": 2}
+    assert split["false_alarms_from"] == {"c": 4, "a": 1}
 
 
 def test_prepare_camvid_times_a_training_step_of_the_default_segmenter() -> None:

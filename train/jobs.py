@@ -250,11 +250,17 @@ def trained_policy(job: Job) -> CandidatePolicy:
         ).model
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    """Train if needed, select ``budget`` patches, and score the picks with the oracle counts."""
+def job_picks(job: Job) -> tuple[dict[str, Any], np.ndarray]:
+    """Train the job's policy if needed and select its ``budget`` patches.
+
+    Returns:
+        :func:`~misical_gym.train.select.select_patches`'s selection and the picked patch ids.
+
+    Raises:
+        StoreError: a pick is unlabelled (an evaluation scores picks by their oracle counts).
+    """
     import torch
 
-    from misical_gym.envs.core import DEFAULT_REWARD_BINS, DEFAULT_REWARD_VALUES, RewardFunction
     from misical_gym.errors import StoreError
     from misical_gym.store import FeatureStore
     from misical_gym.train.select import select_patches
@@ -262,7 +268,6 @@ def run_job(job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     policy: str | CandidatePolicy = trained_policy(job) if job.learned else job.policy
     rank = job.select_mode == "rank"
-    env = job.env_settings
     selection = select_patches(
         job.store,
         policy,
@@ -273,7 +278,7 @@ def run_job(job: Job) -> dict[str, Any]:
         mode=job.select_mode,
         # The evaluation scores picks with their oracle counts: only labelled patches qualify.
         include_labelled=rank,
-        features=env.get("features", "all"),
+        features=job.env_settings.get("features", "all"),
     )
     store = FeatureStore.open(job.store)
     ids = np.array([p["patch_id"] for p in selection["picks"]], dtype=np.int64)
@@ -283,6 +288,17 @@ def run_job(job: Job) -> dict[str, Any]:
             f"{store.path}: {int((~store.labelled[ids]).sum())} of the picks are unlabelled; "
             "an evaluation scores picks by their oracle counts, so it needs a labelled pool"
         )
+    return selection, ids
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train if needed, select ``budget`` patches, and score the picks with the oracle counts."""
+    from misical_gym.envs.core import DEFAULT_REWARD_BINS, DEFAULT_REWARD_VALUES, RewardFunction
+    from misical_gym.store import FeatureStore
+
+    selection, ids = job_picks(job)
+    store = FeatureStore.open(job.store)
+    env = job.env_settings
     counts = np.asarray(store.counts[ids, selection["target_id"]], dtype=np.int64)
     # The picks' reward under the job's scheme: what a greedy episode of the point earns.
     reward_fn = RewardFunction(

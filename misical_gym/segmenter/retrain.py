@@ -58,6 +58,10 @@ segmenter's own IoU; the segmenter's own ``sqrt`` weighting lifts four of the fi
 this, and the README's CamVid section reports it)."""
 
 
+WEIGHTS_FROM = ("crops", "init")
+"""Where :func:`retrain_confusion` computes its class weights: the fine-tuning crops' labels,
+or the init images' full labels (the same for every policy's picks)."""
+
 MIN_INIT_CROPS = 64
 """Init crops replayed when fewer patches than this were acquired."""
 
@@ -204,36 +208,78 @@ def retrain_iou(
 ) -> float:
     """The target's test IoU after fine-tuning the store's segmenter on init plus ``patch_ids``.
 
+    ``target`` is the class, by name or index; the other arguments are
+    :func:`retrain_confusion`'s, which does the fine-tuning and the test pass.
+
+    Returns:
+        The IoU in [0, 1]; NaN when the class is neither in the test split nor predicted.
+
+    Raises:
+        ValueError: invalid fine-tuning settings, or an unknown target.
+        StoreError: the store cannot reach its images and labels, or has no checkpoint.
+    """
+    target_id = store.class_index(target)
+    confusion = retrain_confusion(
+        store,
+        patch_ids,
+        seed=seed,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        class_weighting=class_weighting,
+        device=device,
+        threads=threads,
+    )
+    return float(iou_from_confusion(confusion)[target_id])
+
+
+def retrain_confusion(
+    store: FeatureStore,
+    patch_ids: np.ndarray | Sequence[int],
+    *,
+    seed: int = 0,
+    epochs: int = DEFAULT_RETRAIN_EPOCHS,
+    learning_rate: float = RETRAIN_CONFIG.learning_rate,
+    class_weighting: str = RETRAIN_CONFIG.class_weighting,
+    device: str = "cpu",
+    threads: int | None = 1,
+    weights_from: str = "crops",
+) -> np.ndarray:
+    """The test split's ``[C, C]`` (true, predicted) pixel counts after fine-tuning the store's
+    segmenter on init plus ``patch_ids``.
+
     Every call starts from the store's frozen checkpoint, so policies are compared from one
     starting point. Fine-tuning (:data:`RETRAIN_CONFIG`: Adam at ``learning_rate`` with cosine
     decay, ``class_weighting`` weights capped at 10, ``epochs`` epochs) runs on
     :func:`training_crops` of :func:`retraining_set`: windows twice the patch size around the
     acquired patches plus as many init tiles. Crops cost a quarter of whole images, and whole
     images spend most of their compute on unlabelled pixels and on init images the checkpoint
-    already fits. The class weights follow the crops' labels, so a class the policy acquired
-    many pixels of is not over-weighted into false positives. Everything is seeded by ``seed``:
-    on the CPU the same arguments give the same number. The IoU is then measured on the whole
-    test split at the resolution ``prepare`` used, streaming the images in batches.
+    already fits. By default the class weights follow the crops' labels, so a class the policy
+    acquired many pixels of is not over-weighted into false positives; it is weighted less the
+    more of it the picks hold. ``weights_from="init"`` takes them from the init images' full
+    labels instead: the same weights after every policy's picks. Everything is seeded by
+    ``seed``: on the CPU the same arguments give the same counts. The test split is then
+    predicted whole at the resolution ``prepare`` used, streaming the images in batches.
 
     Args:
         store: A store written by ``misical prepare`` whose dataset is still where it was.
-        target: The class, by name or index.
         patch_ids: The acquired patches (patches of init images add nothing).
         seed: Seed of the init tiles drawn, shuffling, flips and dropout.
-        epochs: Fine-tuning epochs (0: the frozen segmenter's IoU).
+        epochs: Fine-tuning epochs (0: the frozen segmenter's counts).
         learning_rate: Adam's learning rate at the start of the fine-tuning.
         class_weighting: ``inverse``, ``sqrt`` or ``none`` (see
             :class:`~misical_gym.segmenter.TrainConfig`).
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: torch CPU threads during the call (``None``: half the cores).
-
-    Returns:
-        The IoU in [0, 1]; NaN when the class is neither in the test split nor predicted.
+        weights_from: ``crops`` or ``init``: the labels the class weights are computed from.
 
     Raises:
         ValueError: invalid fine-tuning settings.
         StoreError: the store cannot reach its images and labels, or has no checkpoint.
     """
+    if weights_from not in WEIGHTS_FROM:
+        raise ValueError(
+            f"weights_from must be one of {', '.join(WEIGHTS_FROM)}, got {weights_from!r}"
+        )
     config = dataclasses.replace(
         RETRAIN_CONFIG,
         epochs=int(epochs),
@@ -242,7 +288,6 @@ def retrain_iou(
         class_weighting=class_weighting,
     )
     checkpoint = check_retrainable(store)
-    target_id = store.class_index(target)
     with cpu_threads(threads):
         torch_device = resolve_device(device)
         model = load_segmenter(checkpoint, torch_device)
@@ -253,13 +298,22 @@ def retrain_iou(
             min(width, 2 * (width // store.grid.cols)),
         )
         images, labels = training_crops(data, crop, np.random.default_rng(seed))
+        weight_labels = data.labels[: data.num_init] if weights_from == "init" else labels
         del data
-        train_segmenter(model, images, labels, config, device=torch_device, progress=False)
+        train_segmenter(
+            model,
+            images,
+            labels,
+            config,
+            device=torch_device,
+            progress=False,
+            weight_labels=weight_labels,
+        )
         confusion = np.zeros((store.num_classes, store.num_classes), dtype=np.int64)
         for images, labels in _test_batches(store):
             predicted = predict_labels(model, images, device=torch_device)
             confusion += confusion_matrix(predicted, labels, store.num_classes)
-    return float(iou_from_confusion(confusion)[target_id])
+    return confusion
 
 
 def _test_batches(store: FeatureStore) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -106,6 +106,7 @@ def train_segmenter(
     val_every: int = 1,
     log_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    weight_labels: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place with class-weighted cross-entropy (255 = ignore).
 
@@ -125,6 +126,8 @@ def train_segmenter(
         val_every: Epochs between validations (validation never changes the training).
         log_dir: TensorBoard directory for ``segmenter/loss`` and ``segmenter/val_miou``.
         progress: Show a progress bar.
+        weight_labels: Labels whose pixel frequencies set the class weights (default:
+            ``labels``).
 
     Returns:
         One dict per epoch with ``loss`` (and ``val_miou`` in the epochs that validated).
@@ -145,7 +148,12 @@ def train_segmenter(
     model.to(device).train()
     num_classes = cast("Segmenter", model).num_classes
     weights = torch.from_numpy(
-        class_weights(labels, num_classes, config.class_weighting, config.max_class_weight)
+        class_weights(
+            labels if weight_labels is None else weight_labels,
+            num_classes,
+            config.class_weighting,
+            config.max_class_weight,
+        )
     ).to(device)
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE_INDEX)
     optimizer = torch.optim.Adam(

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import misical_gym.train.evaluate as evaluate_module
@@ -341,6 +342,31 @@ def test_retrain_fine_tunes_with_the_given_settings(prepared, monkeypatch) -> No
         (3, 2e-4, "sqrt"),
         (3, 3e-3, "inverse"),
     ]
+
+
+def test_retrain_weights_from_init_are_the_same_whatever_the_picks(prepared, monkeypatch) -> None:
+    from misical_gym.segmenter import retrain
+    from misical_gym.segmenter.training import class_weights
+
+    seen = []
+
+    def record(model, images, labels, config, *, weight_labels, **kwargs):
+        seen.append(class_weights(weight_labels, prepared.num_classes, "sqrt"))
+
+    monkeypatch.setattr(retrain, "train_segmenter", record)
+    pool = prepared.split_ids("pool")
+    sky = prepared.class_index("sky")
+    counts = np.asarray(prepared.counts[pool, sky])
+    # Picks with the most sky and picks with the least: far apart in sky pixels.
+    rich, poor = pool[np.argsort(counts)[-4:]], pool[np.argsort(counts)[:4]]
+    for weights_from in ("crops", "init"):
+        for ids in (rich, poor):
+            retrain.retrain_confusion(prepared, ids, epochs=1, weights_from=weights_from)
+    by_crops, by_init = seen[:2], seen[2:]
+    assert by_crops[0][sky] < by_crops[1][sky]  # the crops' weights fall with the sky acquired
+    np.testing.assert_array_equal(by_init[0], by_init[1])
+    with pytest.raises(ValueError, match="weights_from"):
+        retrain.retrain_confusion(prepared, rich, epochs=1, weights_from="pool")
 
 
 def test_rows_of_before_the_retraining_settings_read_as_their_defaults(prepared, tmp_path) -> None:
