@@ -9,9 +9,11 @@ and seed, the picks' target pixels, the target's TP, FP and FN on the test split
 recall and IoU, and the classes its errors go to, beside the frozen segmenter's own.
 
 Usage: ``python benchmarks/retrain_breakdown.py --store DIR --cache DIR [--classes A,B]
-[--policies ddqn,random] [--seeds 3] [--budget 100] [--weighting sqrt] [--workers 2]``.
-``--cache`` holds the trained policies; an evaluation's ``OUT/training`` folder reuses its own.
-Prints one JSON object.
+[--policies ddqn,random] [--seeds 3] [--budget 100] [--weighting sqrt] [--weights-from init]
+[--workers 2]``. ``--cache`` holds the trained policies; an evaluation's ``OUT/training``
+folder reuses its own. ``--weights-from init`` takes the fine-tuning's class weights from the
+init images' labels, the same after every policy's picks, instead of the evaluation's
+fine-tuning crops. Prints one JSON object.
 """
 
 from __future__ import annotations
