@@ -22,15 +22,18 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from misical_gym.train.jobs import Job
 
 
 class Breakdown(NamedTuple):
     """One fine-tuning to run: the evaluation's job and the fine-tuning settings."""
 
-    job: Any
+    job: Job
     epochs: int
     learning_rate: float
     weighting: str
@@ -69,12 +72,10 @@ def target_errors(confusion: np.ndarray, target: int, class_names: tuple[str, ..
 def run_breakdown(item: Breakdown) -> dict:
     """Pick as the evaluation does, fine-tune, and split the target's test errors."""
     from misical_gym.segmenter.retrain import retrain_confusion
-    from misical_gym.store import FeatureStore
     from misical_gym.train.jobs import job_picks
 
     start = time.perf_counter()
-    selection, ids = job_picks(item.job)
-    store = FeatureStore.open(item.job.store)
+    selection, store, ids = job_picks(item.job)
     confusion = retrain_confusion(
         store,
         ids,

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from misical_gym.agents.policy import CandidatePolicy
 from misical_gym.atomic import file_lock
 from misical_gym.paths import safe_name
 from misical_gym.train.agents import AGENTS, HEURISTIC_AGENTS, load_hyperparams
+
+if TYPE_CHECKING:
+    from misical_gym.store import FeatureStore
 
 GOAL_SUFFIX = "-goal"
 """``<agent>-goal`` names one goal-conditioned policy per seed (trained with a new random target
@@ -250,11 +253,12 @@ def trained_policy(job: Job) -> CandidatePolicy:
         ).model
 
 
-def job_picks(job: Job) -> tuple[dict[str, Any], np.ndarray]:
+def job_picks(job: Job) -> tuple[dict[str, Any], FeatureStore, np.ndarray]:
     """Train the job's policy if needed and select its ``budget`` patches.
 
     Returns:
-        :func:`~misical_gym.train.select.select_patches`'s selection and the picked patch ids.
+        :func:`~misical_gym.train.select.select_patches`'s selection, the job's store (opened
+        to check the picks) and the picked patch ids.
 
     Raises:
         StoreError: a pick is unlabelled (an evaluation scores picks by their oracle counts).
@@ -288,16 +292,14 @@ def job_picks(job: Job) -> tuple[dict[str, Any], np.ndarray]:
             f"{store.path}: {int((~store.labelled[ids]).sum())} of the picks are unlabelled; "
             "an evaluation scores picks by their oracle counts, so it needs a labelled pool"
         )
-    return selection, ids
+    return selection, store, ids
 
 
 def run_job(job: Job) -> dict[str, Any]:
     """Train if needed, select ``budget`` patches, and score the picks with the oracle counts."""
     from misical_gym.envs.core import DEFAULT_REWARD_BINS, DEFAULT_REWARD_VALUES, RewardFunction
-    from misical_gym.store import FeatureStore
 
-    selection, ids = job_picks(job)
-    store = FeatureStore.open(job.store)
+    selection, store, ids = job_picks(job)
     env = job.env_settings
     counts = np.asarray(store.counts[ids, selection["target_id"]], dtype=np.int64)
     # The picks' reward under the job's scheme: what a greedy episode of the point earns.
