@@ -22,22 +22,12 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from misical_gym.train.jobs import Job
-
-
-class Breakdown(NamedTuple):
-    """One fine-tuning to run: the evaluation's job and the fine-tuning settings."""
-
-    job: Job
-    epochs: int
-    learning_rate: float
-    weighting: str
-    weights_from: str
 
 
 def target_errors(confusion: np.ndarray, target: int, class_names: tuple[str, ...]) -> dict:
@@ -69,25 +59,28 @@ def target_errors(confusion: np.ndarray, target: int, class_names: tuple[str, ..
     }
 
 
-def run_breakdown(item: Breakdown) -> dict:
-    """Pick as the evaluation does, fine-tune, and split the target's test errors."""
+def run_breakdown(job: Job) -> dict:
+    """Pick as the evaluation's ``job`` does, fine-tune as it does, and split the target's test
+    errors."""
     from misical_gym.segmenter.retrain import retrain_confusion
     from misical_gym.train.jobs import job_picks
 
+    assert job.retrain_epochs is not None and job.retrain_learning_rate is not None
+    assert job.retrain_weighting is not None and job.retrain_weights_from is not None
     start = time.perf_counter()
-    selection, store, ids = job_picks(item.job)
+    selection, store, ids = job_picks(job)
     confusion = retrain_confusion(
         store,
         ids,
-        seed=item.job.seed,
-        epochs=item.epochs,
-        learning_rate=item.learning_rate,
-        class_weighting=item.weighting,
-        weights_from=item.weights_from,
+        seed=job.seed,
+        epochs=job.retrain_epochs,
+        learning_rate=job.retrain_learning_rate,
+        class_weighting=job.retrain_weighting,
+        weights_from=job.retrain_weights_from,
     )
     target = selection["target_id"]
     return {
-        "seed": item.job.seed,
+        "seed": job.seed,
         "target_pixels": int(np.asarray(store.counts[ids, target], dtype=np.int64).sum()),
         **target_errors(confusion, target, store.class_names),
         "seconds": round(time.perf_counter() - start, 1),
@@ -133,49 +126,42 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    if args.seeds < 1 or args.budget < 1 or args.epochs < 0 or args.workers < 1:
-        raise SystemExit("--seeds, --budget and --workers must be at least 1, --epochs 0 or more")
+    if args.seeds < 1 or args.budget < 1 or args.workers < 1:
+        raise SystemExit("--seeds, --budget and --workers must be at least 1")
 
     from tqdm.auto import tqdm
 
     from misical_gym.segmenter.retrain import retrain_confusion
     from misical_gym.store import FeatureStore
+    from misical_gym.train.evaluate import evaluation_jobs, retraining_settings
     from misical_gym.train.executors import map_jobs
-    from misical_gym.train.jobs import Job
 
     store = FeatureStore.open(args.store)
+    try:
+        retraining = retraining_settings(
+            store, args.epochs, args.learning_rate, args.weighting, args.weights_from
+        )
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     names = (
         args.classes.split(",")
         if args.classes
         else [store.class_names[c] for c in store.rare_classes]
     )
     policies = args.policies.split(",")
-    items = [
-        Breakdown(
-            Job(
-                store=str(store.path.resolve()),
-                store_fingerprint=store.fingerprint,
-                target=name,
-                target_id=store.class_index(name),
-                policy=policy,
-                seed=seed,
-                budget=args.budget,
-                pool_size=args.pool_size,
-                pretrain_steps=args.pretrain_steps,
-                online_steps=args.online_steps,
-                retrain=False,
-                retrain_epochs=None,
-                cache=str(args.cache.resolve()),
-            ),
-            args.epochs,
-            args.learning_rate,
-            args.weighting,
-            args.weights_from,
-        )
-        for name in names
-        for policy in policies
-        for seed in range(args.seeds)
-    ]
+    jobs = evaluation_jobs(
+        store,
+        args.cache,
+        names,
+        policies,
+        args.seeds,
+        budget=args.budget,
+        pool_size=args.pool_size,
+        pretrain_steps=args.pretrain_steps,
+        online_steps=args.online_steps,
+        retraining=retraining,
+        retrain_policies=policies,
+    )
     frozen = retrain_confusion(store, [], epochs=0)
     report: dict[str, Any] = {
         "store": store.path.name,
@@ -193,9 +179,9 @@ def main() -> None:
             for name in names
         },
     }
-    done = map_jobs(run_breakdown, items, workers=args.workers)
-    for item, row in tqdm(done, total=len(items), desc="retrain", unit="job"):
-        report["classes"][item.job.target][item.job.policy]["seeds"].append(row)
+    done = map_jobs(run_breakdown, jobs, workers=args.workers)
+    for job, row in tqdm(done, total=len(jobs), desc="retrain", unit="job"):
+        report["classes"][job.target][job.policy]["seeds"].append(row)
     for block in report["classes"].values():
         for policy in policies:
             rows = sorted(block[policy]["seeds"], key=lambda r: r["seed"])

@@ -4,16 +4,18 @@
 segmenter on init plus the picks. That measurement only ranks picks by what they hold if the
 fine-tuning itself improves on the frozen segmenter when the picks are good. This script takes
 the best picks there are, the ``oracle``'s (which reads the true counts, in the evaluation's
-episode protocol), and for every (learning rate, class weighting) setting and every class
-(default: the store's rare classes) fine-tunes on them and measures the class's test IoU, beside
-the frozen segmenter's own. Prints one JSON object: per setting, the IoU per class, how many
-classes end above the frozen segmenter and the mean gain over it.
+episode protocol), and for every fine-tuning setting and every class (default: the store's rare
+classes) fine-tunes on them and measures the class's test IoU, beside the frozen segmenter's
+own. A setting is ``LR:WEIGHTING[:FROM]``: the learning rate, the class weighting, and the labels
+the weights are computed from (``crops``, the default, or ``init``). Prints one JSON object: per
+setting, the IoU per class, how many classes end above the frozen segmenter and the mean gain
+over it.
 
 Choose the setting here, on the oracle's picks, before the policies' picks are retrained with it:
 the choice then cannot favour one policy.
 
 Usage: ``python benchmarks/retrain_settings.py --store DIR [--classes A,B] [--settings
-3e-3:inverse,3e-3:sqrt] [--budget 100] [--seed 0] [--epochs 32]``.
+3e-3:inverse,3e-3:sqrt,3e-3:sqrt:init] [--budget 100] [--seed 0] [--epochs 32]``.
 """
 
 from __future__ import annotations
@@ -31,19 +33,28 @@ def rounded(value: float | None) -> float | None:
     return None if value is None or np.isnan(value) else round(float(value), 4)
 
 
-def parse_settings(text: str) -> list[tuple[float, str]]:
-    """``LR:WEIGHTING,...`` as ``[(lr, weighting), ...]``, checked."""
+def parse_settings(text: str) -> list[tuple[float, str, str]]:
+    """``LR:WEIGHTING[:FROM],...`` as ``[(lr, weighting, weights_from), ...]``, checked
+    (``FROM`` defaults to ``crops``)."""
+    from misical_gym.segmenter.retrain import WEIGHTS_FROM
     from misical_gym.segmenter.training import CLASS_WEIGHTINGS
 
     settings = []
     for item in text.split(","):
-        rate, _, weighting = item.partition(":")
-        if weighting not in CLASS_WEIGHTINGS or not float(rate) > 0:
+        rate, _, rest = item.partition(":")
+        weighting, _, weights_from = rest.partition(":")
+        weights_from = weights_from or "crops"
+        try:
+            valid = float(rate) > 0
+        except ValueError:
+            valid = False
+        if not valid or weighting not in CLASS_WEIGHTINGS or weights_from not in WEIGHTS_FROM:
             raise SystemExit(
-                f"--settings takes LR:WEIGHTING items with LR > 0 and WEIGHTING one of "
-                f"{', '.join(CLASS_WEIGHTINGS)}; got {item!r}"
+                f"--settings takes LR:WEIGHTING[:FROM] items with LR > 0, WEIGHTING one of "
+                f"{', '.join(CLASS_WEIGHTINGS)} and FROM one of {', '.join(WEIGHTS_FROM)}; "
+                f"got {item!r}"
             )
-        settings.append((float(rate), weighting))
+        settings.append((float(rate), weighting, weights_from))
     return settings
 
 
@@ -54,7 +65,8 @@ def main() -> None:
     parser.add_argument(
         "--settings",
         default="3e-3:inverse,3e-3:sqrt",
-        help="comma-separated LR:WEIGHTING fine-tuning settings (default: 3e-3:inverse,3e-3:sqrt)",
+        help="comma-separated LR:WEIGHTING[:FROM] fine-tuning settings, FROM crops (default) or "
+        "init (default: 3e-3:inverse,3e-3:sqrt)",
     )
     parser.add_argument("--budget", type=int, default=100, help="oracle picks per class (100)")
     parser.add_argument("--seed", type=int, default=0, help="episode and fine-tuning seed (0)")
@@ -93,7 +105,7 @@ def main() -> None:
         "frozen_iou": frozen,
         "settings": [],
     }
-    for rate, weighting in settings:
+    for rate, weighting, weights_from in settings:
         start = time.perf_counter()
         iou = {
             name: retrain_iou(
@@ -104,6 +116,7 @@ def main() -> None:
                 epochs=epochs,
                 learning_rate=rate,
                 class_weighting=weighting,
+                weights_from=weights_from,
             )
             for name, ids in picks.items()
         }
@@ -118,6 +131,7 @@ def main() -> None:
             {
                 "learning_rate": rate,
                 "weighting": weighting,
+                "weights_from": weights_from,
                 "iou": iou,
                 "above_frozen": int(sum(gain > 0 for gain in gains)),
                 "mean_gain_over_frozen": round(float(np.mean(gains)), 4) if gains else None,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -91,7 +92,7 @@ def test_retrain_settings_compares_fine_tunings_with_the_frozen_segmenter(tmp_pa
     config = PrepareConfig(epochs=1, mc_samples=2, init_fraction=0.3, threads=1)
     store = prepare_synthetic(tmp_path / "store", images=24, config=config, progress=False)
     argv = ["--store", str(store.path), "--classes", "road,rake", "--budget", "4"]
-    argv += ["--settings", "3e-3:inverse,1e-4:sqrt"]
+    argv += ["--settings", "3e-3:inverse,1e-4:sqrt,3e-3:inverse:init"]
     unchanged = report("retrain_settings.py", *argv, "--epochs", "0")
     test_iou = store.manifest["segmenter"]["test_iou"]
     assert unchanged["frozen_iou"] == {
@@ -101,15 +102,25 @@ def test_retrain_settings_compares_fine_tunings_with_the_frozen_segmenter(tmp_pa
         assert setting["iou"] == unchanged["frozen_iou"]
         assert setting["above_frozen"] == 0 and setting["mean_gain_over_frozen"] == 0
     tuned = report("retrain_settings.py", *argv, "--epochs", "1")
-    assert [(s["learning_rate"], s["weighting"]) for s in tuned["settings"]] == [
-        (3e-3, "inverse"),
-        (1e-4, "sqrt"),
+    assert [(s["learning_rate"], s["weighting"], s["weights_from"]) for s in tuned["settings"]] == [
+        (3e-3, "inverse", "crops"),
+        (1e-4, "sqrt", "crops"),
+        (3e-3, "inverse", "init"),
     ]
+    # The weights' labels change the fine-tuning: the same rate and weighting end elsewhere.
+    assert tuned["settings"][0]["iou"] != tuned["settings"][2]["iou"]
     assert min(tuned["oracle_target_pixels"].values()) > 0
     for setting in tuned["settings"]:
         gains = [setting["iou"][c] - tuned["frozen_iou"][c] for c in ("road", "rake")]
         assert setting["above_frozen"] == sum(g > 0 for g in gains)
         assert abs(setting["mean_gain_over_frozen"] - sum(gains) / 2) < 1e-3
+
+
+@pytest.mark.parametrize("item", ["3e-3:sqrt:labels", "0:sqrt", "x:sqrt", "3e-3:square"])
+def test_retrain_settings_rejects_a_bad_setting(item: str) -> None:
+    parse_settings = load_benchmark("retrain_settings.py").parse_settings
+    with pytest.raises(SystemExit, match="LR:WEIGHTING"):
+        parse_settings(f"3e-3:sqrt,{item}")
 
 
 def test_retrain_breakdown_splits_the_evaluations_picks_errors(tmp_path) -> None:

@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from misical_gym.atomic import atomic_write_text
 from misical_gym.train.executors import check_executor, import_ray, map_jobs
-from misical_gym.train.jobs import Job, longest_first, policy_agent, run_job
+from misical_gym.train.jobs import RETRAINING_FIELDS, Job, longest_first, policy_agent, run_job
 from misical_gym.train.report import write_outputs
 from misical_gym.train.statistics import summarize
 
@@ -57,6 +58,7 @@ def evaluate(
     retrain_epochs: int | None = None,
     retrain_learning_rate: float | None = None,
     retrain_weighting: str | None = None,
+    retrain_weights_from: str | None = None,
     retrain_policies: tuple[str, ...] | None = None,
     select_mode: str = "episode",
 ) -> dict[str, Any]:
@@ -68,8 +70,9 @@ def evaluate(
 
     With ``retrain``, every job also records ``iou``: the target's test IoU after fine-tuning
     the store's segmenter for ``retrain_epochs`` epochs at ``retrain_learning_rate`` with
-    ``retrain_weighting`` class weights (None: ``DEFAULT_RETRAIN_EPOCHS`` and
-    ``RETRAIN_CONFIG``'s of :mod:`misical_gym.segmenter.retrain`) on init plus its picks, and
+    ``retrain_weighting`` class weights computed from ``retrain_weights_from``'s labels (None:
+    ``DEFAULT_RETRAIN_EPOCHS``, ``RETRAIN_CONFIG``'s and ``crops``; see
+    :func:`~misical_gym.segmenter.retrain.retrain_confusion`) on init plus its picks, and
     the summary gets an ``iou`` block per policy. ``retrain_policies`` (None: all of them,
     always with random) limits retraining, the costly part, to those policies; the others'
     ``iou`` is None.
@@ -90,9 +93,10 @@ def evaluate(
 
     if select_mode not in MODES:
         raise ValueError(f"unknown select mode {select_mode!r}; choose one of {', '.join(MODES)}")
+    retraining: dict[str, Any] | None = None
     if retrain:
-        retrain_epochs, retrain_learning_rate, retrain_weighting = retraining_settings(
-            store, retrain_epochs, retrain_learning_rate, retrain_weighting
+        retraining = retraining_settings(
+            store, retrain_epochs, retrain_learning_rate, retrain_weighting, retrain_weights_from
         )
         retrain_policies = policies if retrain_policies is None else tuple(retrain_policies)
         unknown = sorted(set(retrain_policies) - set(policies))
@@ -103,33 +107,26 @@ def evaluate(
     elif retrain_policies is not None:
         raise ValueError("--retrain-policies needs --retrain")
     else:
-        check_no_retraining(retrain_epochs, retrain_learning_rate, retrain_weighting)
+        check_no_retraining(
+            retrain_epochs, retrain_learning_rate, retrain_weighting, retrain_weights_from
+        )
         retrain_policies = ()
     names = target_names(store, targets)
     out = Path(out)
-    jobs = [
-        Job(
-            store=str(store.path.resolve()),
-            store_fingerprint=store.fingerprint,
-            target=target,
-            target_id=store.class_names.index(target),
-            policy=policy,
-            seed=seed,
-            budget=budget,
-            pool_size=pool_size,
-            pretrain_steps=pretrain_steps,
-            online_steps=online_steps,
-            retrain=policy in retrain_policies,
-            retrain_epochs=retrain_epochs if policy in retrain_policies else None,
-            cache=str((out / "training").resolve()),
-            select_mode=select_mode,
-            retrain_learning_rate=retrain_learning_rate if policy in retrain_policies else None,
-            retrain_weighting=retrain_weighting if policy in retrain_policies else None,
-        )
-        for target in names
-        for policy in policies
-        for seed in range(seeds)
-    ]
+    jobs = evaluation_jobs(
+        store,
+        out / "training",
+        names,
+        policies,
+        seeds,
+        budget=budget,
+        pool_size=pool_size,
+        pretrain_steps=pretrain_steps,
+        online_steps=online_steps,
+        select_mode=select_mode,
+        retraining=retraining,
+        retrain_policies=retrain_policies,
+    )
     rows = run_missing_jobs(
         jobs, out / "jobs", workers=workers, use_ray=use_ray, ray_address=ray_address
     )
@@ -142,11 +139,56 @@ def evaluate(
         )
         for policy, block in ious["policies"].items():
             summary["policies"][policy]["iou"] = block
-        summary["retrain_epochs"] = retrain_epochs
-        summary["retrain_learning_rate"] = retrain_learning_rate
-        summary["retrain_weighting"] = retrain_weighting
+        summary.update(retraining or {})
     write_outputs(out, table, summary)
     return summary
+
+
+def evaluation_jobs(
+    store: FeatureStore,
+    cache: Path,
+    targets: Sequence[str],
+    policies: Sequence[str],
+    seeds: int,
+    *,
+    budget: int,
+    pool_size: int,
+    pretrain_steps: int,
+    online_steps: int,
+    select_mode: str = "episode",
+    retraining: dict[str, Any] | None = None,
+    retrain_policies: Sequence[str] = (),
+) -> list[Job]:
+    """The evaluation's jobs, one per target, policy and seed, training policies into ``cache``.
+
+    The jobs of ``retrain_policies`` fine-tune with ``retraining``
+    (:func:`retraining_settings`'s); the others do not retrain.
+    """
+    return [
+        Job(
+            store=str(store.path.resolve()),
+            store_fingerprint=store.fingerprint,
+            target=target,
+            target_id=store.class_index(target),
+            policy=policy,
+            seed=seed,
+            budget=budget,
+            pool_size=pool_size,
+            pretrain_steps=pretrain_steps,
+            online_steps=online_steps,
+            retrain=policy in retrain_policies,
+            cache=str(cache.resolve()),
+            select_mode=select_mode,
+            **(
+                retraining
+                if retraining is not None and policy in retrain_policies
+                else dict.fromkeys(RETRAINING_FIELDS)
+            ),
+        )
+        for target in targets
+        for policy in policies
+        for seed in range(seeds)
+    ]
 
 
 def check_run_settings(
@@ -168,12 +210,19 @@ def retraining_settings(
     epochs: int | None,
     learning_rate: float | None,
     weighting: str | None,
-) -> tuple[int, float, str]:
-    """``--retrain-epochs``, ``--retrain-learning-rate`` and ``--retrain-weighting`` (None:
-    the defaults), checked, with the store checked retrainable: a clear error before any work."""
+    weights_from: str | None = None,
+) -> dict[str, Any]:
+    """``--retrain-epochs``, ``--retrain-learning-rate``, ``--retrain-weighting`` and
+    ``--retrain-weights-from`` (None: the defaults), checked, with the store checked
+    retrainable: a clear error before any work.
+
+    Returns:
+        The settings by their :class:`Job` field names (:data:`RETRAINING_FIELDS`).
+    """
     from misical_gym.segmenter.retrain import (
         DEFAULT_RETRAIN_EPOCHS,
         RETRAIN_CONFIG,
+        WEIGHTS_FROM,
         check_retrainable,
     )
     from misical_gym.segmenter.training import CLASS_WEIGHTINGS
@@ -181,6 +230,7 @@ def retraining_settings(
     epochs = DEFAULT_RETRAIN_EPOCHS if epochs is None else epochs
     learning_rate = RETRAIN_CONFIG.learning_rate if learning_rate is None else learning_rate
     weighting = RETRAIN_CONFIG.class_weighting if weighting is None else weighting
+    weights_from = "crops" if weights_from is None else weights_from
     if epochs < 0:
         raise ValueError(f"--retrain-epochs must be non-negative, got {epochs}")
     if not learning_rate > 0:  # NaN too
@@ -189,15 +239,21 @@ def retraining_settings(
         raise ValueError(
             f"--retrain-weighting must be one of {', '.join(CLASS_WEIGHTINGS)}, got {weighting!r}"
         )
+    if weights_from not in WEIGHTS_FROM:
+        raise ValueError(
+            f"--retrain-weights-from must be one of {', '.join(WEIGHTS_FROM)}, got {weights_from!r}"
+        )
     check_retrainable(store)
-    return epochs, float(learning_rate), weighting
+    values = (epochs, float(learning_rate), weighting, weights_from)
+    return dict(zip(RETRAINING_FIELDS, values, strict=True))
 
 
 def check_no_retraining(*settings: object) -> None:
     """Raise ValueError when a fine-tuning setting is given without ``--retrain``."""
     if any(setting is not None for setting in settings):
         raise ValueError(
-            "--retrain-epochs, --retrain-learning-rate and --retrain-weighting need --retrain"
+            "--retrain-epochs, --retrain-learning-rate, --retrain-weighting and "
+            "--retrain-weights-from need --retrain"
         )
 
 
@@ -332,6 +388,13 @@ def add_job_arguments(
         choices=["inverse", "sqrt", "none"],
         help="with --retrain: the fine-tuning's class weights (inverse)",
     )
+    parser.add_argument(
+        "--retrain-weights-from",
+        default=None,
+        choices=["crops", "init"],
+        help="with --retrain: the labels the class weights are computed from: the fine-tuning "
+        "crops' (default), or the init images' (the same weights after every policy's picks)",
+    )
     parser.add_argument("--out", type=Path, required=True)
 
 
@@ -353,6 +416,7 @@ def main(args: argparse.Namespace) -> int:
         retrain_epochs=args.retrain_epochs,
         retrain_learning_rate=args.retrain_learning_rate,
         retrain_weighting=args.retrain_weighting,
+        retrain_weights_from=args.retrain_weights_from,
         retrain_policies=None
         if args.retrain_policies is None
         else tuple(args.retrain_policies.split(",")),

@@ -35,10 +35,19 @@ every episode) that serves every target, beside the paper's one policy per targe
 JOB_FORMAT = 2
 """Version of the job files; files of another version are run again."""
 
-_RETRAINING_FIELDS = ("retrain_epochs", "retrain_learning_rate", "retrain_weighting")
+RETRAINING_FIELDS = (
+    "retrain_epochs",
+    "retrain_learning_rate",
+    "retrain_weighting",
+    "retrain_weights_from",
+)
 """The :class:`Job` fields that say how a job fine-tunes the segmenter (not in its digest)."""
-_LEGACY_RETRAINING = {"retrain_learning_rate": 3e-3, "retrain_weighting": "inverse"}
-"""How the rows written before these two settings existed were fine-tuned."""
+_LEGACY_RETRAINING = {
+    "retrain_learning_rate": 3e-3,
+    "retrain_weighting": "inverse",
+    "retrain_weights_from": "crops",
+}
+"""How the rows written before these settings existed were fine-tuned."""
 
 
 def policy_agent(policy: str) -> tuple[str, bool]:
@@ -90,6 +99,9 @@ class Job:
     """The fine-tuning's learning rate when :attr:`retrain` (resolved: never None then)."""
     retrain_weighting: str | None = None
     """The fine-tuning's class weighting when :attr:`retrain` (resolved: never None then)."""
+    retrain_weights_from: str | None = None
+    """The labels the fine-tuning's class weights come from when :attr:`retrain` (``crops`` or
+    ``init``; resolved: never None then)."""
 
     @classmethod
     def encode(cls, settings: dict[str, Any]) -> str:
@@ -141,7 +153,7 @@ class Job:
         """A digest of everything that determines the job's selection (not where files live,
         nor the retraining: a row records its own :meth:`retraining`, see :meth:`answered_by`)."""
         fields = dataclasses.asdict(self)
-        for name in ("store", "cache", "retrain", *_RETRAINING_FIELDS):
+        for name in ("store", "cache", "retrain", *RETRAINING_FIELDS):
             del fields[name]
         if self.select_mode == "episode":
             del fields["select_mode"]  # the jobs of before rank mode keep their digests
@@ -172,8 +184,8 @@ class Job:
     def retraining(self) -> dict[str, Any]:
         """The fine-tuning settings, as its row records them (all None without retraining)."""
         if not self.retrain:
-            return dict.fromkeys(_RETRAINING_FIELDS)
-        return {name: getattr(self, name) for name in _RETRAINING_FIELDS}
+            return dict.fromkeys(RETRAINING_FIELDS)
+        return {name: getattr(self, name) for name in RETRAINING_FIELDS}
 
     @property
     def file_name(self) -> str:
@@ -313,7 +325,7 @@ def run_job(job: Job) -> dict[str, Any]:
         from misical_gym.segmenter.retrain import retrain_iou
 
         assert job.retrain_epochs is not None and job.retrain_learning_rate is not None
-        assert job.retrain_weighting is not None
+        assert job.retrain_weighting is not None and job.retrain_weights_from is not None
         value = retrain_iou(
             store,
             selection["target_id"],
@@ -322,6 +334,7 @@ def run_job(job: Job) -> dict[str, Any]:
             epochs=job.retrain_epochs,
             learning_rate=job.retrain_learning_rate,
             class_weighting=job.retrain_weighting,
+            weights_from=job.retrain_weights_from,
         )
         iou = None if np.isnan(value) else value  # NaN: the class is nowhere in the test split
     return {

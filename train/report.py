@@ -47,6 +47,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
                 summary.get("retrain_epochs"),
                 summary.get("retrain_learning_rate"),
                 summary.get("retrain_weighting"),
+                summary.get("retrain_weights_from"),
             ),
             "",
             "The target's IoU on the test split after the segmenter is fine-tuned on init plus "
@@ -71,11 +72,15 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
     write_plots(out, rows, summary)
 
 
-def retraining_heading(epochs: Any, learning_rate: Any, weighting: Any) -> str:
+def retraining_heading(
+    epochs: Any, learning_rate: Any, weighting: Any, weights_from: Any = None
+) -> str:
     """The heading of a report's IoU-after-retraining section, naming the fine-tuning."""
     settings = f"{epochs} epochs"
     if learning_rate is not None:  # summaries of before the setting name the epochs only
         settings += f", learning rate {learning_rate:g}, {weighting} class weights"
+    if weights_from == "init":  # the default, the crops' labels, goes unnamed as before
+        settings += " from the init labels"
     return f"## IoU after retraining ({settings})"
 
 

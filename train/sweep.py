@@ -210,6 +210,7 @@ def sweep(
     retrain_epochs: int | None = None,
     retrain_learning_rate: float | None = None,
     retrain_weighting: str | None = None,
+    retrain_weights_from: str | None = None,
     optuna_trials: int | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every point (or ``optuna_trials`` of them), then write the outputs.
@@ -227,11 +228,13 @@ def sweep(
     store = FeatureStore.open(store_path)
     points = check_grids(agent, grid, env_grid, str(store.path))
     if retrain:
-        settings = retraining_settings(
-            store, retrain_epochs, retrain_learning_rate, retrain_weighting
+        retraining = retraining_settings(
+            store, retrain_epochs, retrain_learning_rate, retrain_weighting, retrain_weights_from
         )
     else:
-        check_no_retraining(retrain_epochs, retrain_learning_rate, retrain_weighting)
+        check_no_retraining(
+            retrain_epochs, retrain_learning_rate, retrain_weighting, retrain_weights_from
+        )
     names = target_names(store, targets)
     out = Path(out)
     base = Job(
@@ -274,7 +277,7 @@ def sweep(
     }
     summary.update(_statistics(table, plan, evaluated, axes, store))
     if retrain:
-        summary["retrain"] = plan.retrain(evaluated, table, axes, store, *settings)
+        summary["retrain"] = plan.retrain(evaluated, table, axes, store, retraining)
     _write_outputs(out, table, summary)
     return summary
 
@@ -362,12 +365,11 @@ class _Plan:
         table: list[dict[str, Any]],
         axes: Sequence[str],
         store: Any,
-        epochs: int,
-        learning_rate: float,
-        weighting: str,
+        retraining: dict[str, Any],
     ) -> dict[str, Any]:
-        """IoU after retraining, on the rare classes (else every target), for the best point of
-        each reward scheme (by target pixels on those classes) and for random."""
+        """IoU after retraining (``retraining``: :func:`retraining_settings`'s), on the rare
+        classes (else every target), for the best point of each reward scheme (by target pixels
+        on those classes) and for random."""
         rare = [store.class_names[c] for c in store.rare_classes]
         classes = [t for t in self.targets if t in rare] or list(self.targets)
         scores: dict[str, tuple[float, Point]] = {}
@@ -391,13 +393,7 @@ class _Plan:
         chosen["random"] = (({}, {}), "random")
         retrained = {
             scheme: [
-                dataclasses.replace(
-                    job,
-                    retrain=True,
-                    retrain_epochs=epochs,
-                    retrain_learning_rate=learning_rate,
-                    retrain_weighting=weighting,
-                )
+                dataclasses.replace(job, retrain=True, **retraining)
                 for job in self.jobs(point, policy)
                 if job.target in classes
             ]
@@ -405,9 +401,10 @@ class _Plan:
         }
         self.run((), tuple(job for jobs in retrained.values() for job in jobs))
         out: dict[str, Any] = {
-            "epochs": epochs,
-            "learning_rate": learning_rate,
-            "weighting": weighting,
+            "epochs": retraining["retrain_epochs"],
+            "learning_rate": retraining["retrain_learning_rate"],
+            "weighting": retraining["retrain_weighting"],
+            "weights_from": retraining["retrain_weights_from"],
             "classes": classes,
             "best": {},
         }
@@ -611,7 +608,12 @@ def _markdown(table: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         block = summary["retrain"]
         lines += [
             "",
-            retraining_heading(block["epochs"], block.get("learning_rate"), block.get("weighting")),
+            retraining_heading(
+                block["epochs"],
+                block.get("learning_rate"),
+                block.get("weighting"),
+                block.get("weights_from"),
+            ),
             "",
             "The best point of each reward scheme (by target pixels on these classes) and random: "
             "the target's test IoU after the segmenter is fine-tuned on init plus the picks, "
@@ -756,6 +758,7 @@ def main(args: argparse.Namespace) -> int:
         retrain_epochs=args.retrain_epochs,
         retrain_learning_rate=args.retrain_learning_rate,
         retrain_weighting=args.retrain_weighting,
+        retrain_weights_from=args.retrain_weights_from,
         optuna_trials=args.optuna,
     )
     print(

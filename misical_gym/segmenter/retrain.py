@@ -205,6 +205,7 @@ def retrain_iou(
     class_weighting: str = RETRAIN_CONFIG.class_weighting,
     device: str = "cpu",
     threads: int | None = 1,
+    weights_from: str = "crops",
 ) -> float:
     """The target's test IoU after fine-tuning the store's segmenter on init plus ``patch_ids``.
 
@@ -228,6 +229,7 @@ def retrain_iou(
         class_weighting=class_weighting,
         device=device,
         threads=threads,
+        weights_from=weights_from,
     )
     return float(iou_from_confusion(confusion)[target_id])
 

@@ -227,6 +227,7 @@ def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, jobs_r
         assert iou["classes"] == 2 and set(iou["gain_over_random"]) == {"sky", "grass"}
     assert summary["retrain_epochs"] == 1
     assert (summary["retrain_learning_rate"], summary["retrain_weighting"]) == (3e-3, "inverse")
+    assert summary["retrain_weights_from"] == "crops"
     heading = "## IoU after retraining (1 epochs, learning rate 0.003, inverse class weights)"
     assert heading in (tmp_path / "report.md").read_text()
     job_rows = [json.loads(f.read_text())["row"] for f in (tmp_path / "jobs").glob("*.json")]
@@ -238,7 +239,11 @@ def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, jobs_r
     )
     assert [j.retrain_epochs for j in jobs_run] == [1] * 4 + [2] * 4  # other epochs: again
     jobs_run.clear()
-    for setting in ({"retrain_learning_rate": 3e-4}, {"retrain_weighting": "sqrt"}):
+    for setting in (
+        {"retrain_learning_rate": 3e-4},
+        {"retrain_weighting": "sqrt"},
+        {"retrain_weights_from": "init"},
+    ):
         evaluate(
             prepared.path,
             tmp_path,
@@ -248,13 +253,15 @@ def test_retrain_fills_iou_and_redoes_jobs_without_it(prepared, tmp_path, jobs_r
             **setting,
             **kwargs,
         )
-        # Another learning rate or weighting runs every job again, and the rows say so.
+        # Another learning rate, weighting or weights' source runs every job again, and the
+        # rows say so.
         assert len(jobs_run) == 4 and all(
             getattr(job, name) == value for job in jobs_run for name, value in setting.items()
         )
         job_rows = [json.loads(f.read_text())["row"] for f in (tmp_path / "jobs").glob("*.json")]
         assert all(r[name] == value for r in job_rows for name, value in setting.items())
         jobs_run.clear()
+    assert "inverse class weights from the init labels)" in (tmp_path / "report.md").read_text()
     assert evaluate(prepared.path, tmp_path, policies=policies, **kwargs) == plain
     assert jobs_run == [] and "iou" in again["policies"]["random"]
     assert all(r["iou"] is None for r in json.loads((tmp_path / "results.json").read_text()))
@@ -309,12 +316,27 @@ def test_retrain_epochs_help_states_the_default() -> None:
     assert f"fine-tuning epochs ({DEFAULT_RETRAIN_EPOCHS})" in parser.format_help()
 
 
+def test_retraining_flags_offer_exactly_what_the_fine_tuning_takes() -> None:
+    import argparse
+
+    from misical_gym.segmenter.retrain import WEIGHTS_FROM
+    from misical_gym.segmenter.training import CLASS_WEIGHTINGS
+
+    # The flags name the choices themselves: importing the fine-tuning would import torch.
+    parser = argparse.ArgumentParser()
+    evaluate_module.add_evaluate_arguments(parser)
+    choices = {action.dest: action.choices for action in parser._actions}
+    assert set(choices["retrain_weighting"]) == set(CLASS_WEIGHTINGS)
+    assert set(choices["retrain_weights_from"]) == set(WEIGHTS_FROM)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"retrain_learning_rate": 0.0}, "--retrain-learning-rate must be positive, got 0.0"),
         ({"retrain_learning_rate": float("nan")}, "--retrain-learning-rate must be positive"),
         ({"retrain_weighting": "median"}, "--retrain-weighting must be one of sqrt, inverse"),
+        ({"retrain_weights_from": "pool"}, "--retrain-weights-from must be one of crops, init"),
         ({"retrain_epochs": -1}, "--retrain-epochs must be non-negative"),
     ],
 )
@@ -342,6 +364,8 @@ def test_retrain_fine_tunes_with_the_given_settings(prepared, monkeypatch) -> No
         (3, 2e-4, "sqrt"),
         (3, 3e-3, "inverse"),
     ]
+    with pytest.raises(ValueError, match="weights_from"):  # passed through, not dropped
+        retrain.retrain_iou(prepared, "sky", ids, epochs=3, weights_from="pool")
 
 
 def test_retrain_weights_from_init_are_the_same_whatever_the_picks(prepared, monkeypatch) -> None:
@@ -388,12 +412,14 @@ def test_rows_of_before_the_retraining_settings_read_as_their_defaults(prepared,
         cache=str(tmp_path),
         retrain_learning_rate=3e-3,
         retrain_weighting="inverse",
+        retrain_weights_from="crops",
     )
-    row = {"target": "sky", "iou": 0.5, "retrain_epochs": 32}  # no learning rate, no weighting
+    row = {"target": "sky", "iou": 0.5, "retrain_epochs": 32}  # only the epochs were recorded
     assert job.answered_by({"digest": job.digest, "row": row}) == row
-    sqrt = dataclasses.replace(job, retrain_weighting="sqrt")
-    assert sqrt.digest == job.digest  # the fine-tuning is not part of the selection
-    assert sqrt.answered_by({"digest": job.digest, "row": row}) is None
+    for setting in ({"retrain_weighting": "sqrt"}, {"retrain_weights_from": "init"}):
+        other = dataclasses.replace(job, **setting)
+        assert other.digest == job.digest  # the fine-tuning is not part of the selection
+        assert other.answered_by({"digest": job.digest, "row": row}) is None
 
 
 def test_retrain_is_deterministic(prepared) -> None:
@@ -417,9 +443,10 @@ def test_retrain_needs_the_store_images(tiny_store, prepared, tmp_path, capsys) 
         ("--retrain-epochs", "2"),
         ("--retrain-learning-rate", "1e-4"),
         ("--retrain-weighting", "sqrt"),
+        ("--retrain-weights-from", "init"),
     ):
         assert main([*argv, flag, value]) == 2
-        assert "--retrain-learning-rate and --retrain-weighting need --retrain" in (
+        assert "--retrain-weighting and --retrain-weights-from need --retrain" in (
             capsys.readouterr().err
         )
     assert main([*argv, "--retrain-policies", "random"]) == 2

@@ -123,9 +123,10 @@ def test_tau_one_is_a_hard_copy(tiny_store, tmp_path, jobs_run) -> None:
         (["--env-grid", "features=all,bald"], "unknown features 'bald'"),
         (["--agent", "random"], "--agent must be a learned agent"),
         (["--optuna", "0"], "--optuna must be at least 1"),
-        (["--retrain-epochs", "2"], "--retrain-learning-rate and --retrain-weighting need"),
-        (["--retrain-weighting", "sqrt"], "--retrain-learning-rate and --retrain-weighting need"),
-        (["--retrain-learning-rate", "1e-4"], "--retrain-weighting need --retrain"),
+        (["--retrain-epochs", "2"], "--retrain-weighting and --retrain-weights-from need"),
+        (["--retrain-weighting", "sqrt"], "--retrain-weighting and --retrain-weights-from need"),
+        (["--retrain-learning-rate", "1e-4"], "--retrain-weights-from need --retrain"),
+        (["--retrain-weights-from", "init"], "--retrain-weights-from need --retrain"),
     ],
 )
 def test_bad_grids_are_clear_errors_before_any_work(
@@ -173,13 +174,17 @@ def test_retrain_reports_iou_for_the_best_point_of_each_reward(prepared, tmp_pat
         retrain=True,
         retrain_epochs=1,
         retrain_weighting="sqrt",
+        retrain_weights_from="init",
         **{**STEPS, "seeds": 1, "pool_size": 8},
     )
     block = summary["retrain"]
     assert (block["epochs"], block["learning_rate"], block["weighting"]) == (1, 3e-3, "sqrt")
+    assert block["weights_from"] == "init"
     rows = [json.loads(f.read_text())["row"] for f in (tmp_path / "jobs").glob("*.json")]
     retrained = [r for r in rows if r["iou"] is not None or r["retrain_epochs"] is not None]
-    assert retrained and all(r["retrain_weighting"] == "sqrt" for r in retrained)
+    assert retrained and all(
+        (r["retrain_weighting"], r["retrain_weights_from"]) == ("sqrt", "init") for r in retrained
+    )
     assert block["classes"] == [rare]  # the rare classes among the targets
     assert set(block["best"]) == {"categorical", "binary", "random"}
     points = json.loads((tmp_path / "points.json").read_text())
@@ -194,7 +199,8 @@ def test_retrain_reports_iou_for_the_best_point_of_each_reward(prepared, tmp_pat
                 assert p["reward_mean"] == pytest.approx(p["hit_rate_mean"] * STEPS["budget"])
         iou = block["best"][scheme]["iou"][rare]
         assert iou is None or 0.0 <= iou <= 1.0
-    heading = "## IoU after retraining (1 epochs, learning rate 0.003, sqrt class weights)"
+    heading = "## IoU after retraining (1 epochs, learning rate 0.003, sqrt class weights from the "
+    heading += "init labels)"
     assert heading in (tmp_path / "summary.md").read_text()
 
 
