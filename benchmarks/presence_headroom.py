@@ -18,9 +18,13 @@ the pool: ``--pool-size`` candidates a pick, ``--budget`` picks, seeds 0..``--se
 - ``oracle``: the candidate with the most target pixels, the ceiling of the protocol.
 
 Prints one JSON object: per class and scorer, the target pixels per seed and their mean, and
-each scorer's mean against presence's.
+each scorer's mean against presence's. With ``--sweep POINTS_JSON`` (a ``misical sweep``
+``points.json`` over the same store, classes and seeds), each sweep point's per-seed pixels are
+set against presence-greedy's too: the mean against presence's, the seeds where the point is
+ahead, and one-sided Mann–Whitney U p-values for "ahead" and "behind".
 
-Usage: ``python benchmarks/presence_headroom.py [--store DIR] [--classes a,b] [--seeds 3]``.
+Usage: ``python benchmarks/presence_headroom.py [--store DIR] [--classes a,b] [--seeds 3]
+[--sweep POINTS_JSON]``.
 """
 
 from __future__ import annotations
@@ -97,6 +101,50 @@ def _ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
     return np.concatenate([[offset - x.mean(0) @ w], w])
 
 
+def read_sweep_points(path: Path, seeds: int) -> list[dict]:
+    """A ``misical sweep`` ``points.json``, checked: each point's name, target and per-seed
+    target pixels, ``seeds`` of them (the headroom's seeds, compared seed by seed)."""
+    try:
+        points = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--sweep {path}: not a readable JSON file ({error})") from None
+    if not isinstance(points, list):
+        raise SystemExit(f"--sweep {path}: expected a sweep's points.json, a list of points")
+    for point in points:
+        pixels = point.get("seed_target_pixels") if isinstance(point, dict) else None
+        if not (
+            isinstance(point, dict)
+            and isinstance(point.get("point"), str)
+            and isinstance(point.get("target"), str)
+            and isinstance(pixels, list)
+            and all(isinstance(p, int) and not isinstance(p, bool) for p in pixels)
+        ):
+            raise SystemExit(
+                f"--sweep {path}: every point needs 'point', 'target' and 'seed_target_pixels'"
+            )
+        if len(pixels) != seeds:
+            raise SystemExit(
+                f"--sweep {path}: point {point['point']!r} on {point['target']} has "
+                f"{len(pixels)} seeds, this run {seeds}: run both with the same --seeds"
+            )
+    return points
+
+
+def against_presence(pixels: list[int], presence: list[int]) -> dict:
+    """A sweep point's per-seed pixels set against presence-greedy's, seed by seed."""
+    from scipy.stats import mannwhitneyu
+
+    mine, theirs = np.array(pixels), np.array(presence)
+    return {
+        "target_pixels": pixels,
+        "mean": round(float(mine.mean()), 1),
+        "vs_presence": round(float(mine.mean() / theirs.mean()), 3),
+        "seeds_ahead": int((mine > theirs).sum()),
+        "p_ahead": round(float(mannwhitneyu(mine, theirs, alternative="greater").pvalue), 3),
+        "p_behind": round(float(mannwhitneyu(mine, theirs, alternative="less").pvalue), 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="a prepared store (default: the synthetic one)")
@@ -104,7 +152,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--pool-size", type=int, default=32)
+    parser.add_argument(
+        "--sweep", type=Path, help="a misical sweep's points.json to set against presence-greedy"
+    )
     args = parser.parse_args()
+    sweep = read_sweep_points(args.sweep, args.seeds) if args.sweep else []
 
     from misical_gym.envs.core import ObservationBuilder
     from misical_gym.paths import default_store_path
@@ -157,7 +209,14 @@ def main() -> None:
         presence = result["presence"]["mean"]
         for name in scorers:
             result[name]["vs_presence"] = round(result[name]["mean"] / presence, 3)
-        report["classes"][store.class_names[c]] = result
+        name = store.class_names[c]
+        points = [p for p in sweep if p["target"] == name]
+        if points:
+            pixels = result["presence"]["target_pixels"]
+            result["sweep"] = {
+                p["point"]: against_presence(p["seed_target_pixels"], pixels) for p in points
+            }
+        report["classes"][name] = result
     print(json.dumps(report, indent=1))
 
 

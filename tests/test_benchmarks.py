@@ -201,6 +201,39 @@ def test_presence_headroom_plays_presence_as_the_evaluation_does(tiny_store) -> 
         assert scores["vs_presence"] == round(scores["mean"] / result["presence"]["mean"], 3)
 
 
+def test_presence_headroom_sets_a_sweeps_seeds_against_presence(tiny_store, tmp_path) -> None:
+    argv = ["--store", str(tiny_store.path), "--classes", "class3", "--seeds", "2"]
+    argv += ["--budget", "6", "--pool-size", "8"]
+    presence = report("presence_headroom.py", *argv)["classes"]["class3"]["presence"]
+    ahead = [pixels + 1 for pixels in presence["target_pixels"]]
+    points = [{"point": "reward=share", "target": "class3", "seed_target_pixels": ahead}]
+    sweep = tmp_path / "points.json"
+    sweep.write_text(json.dumps(points))
+    result = report("presence_headroom.py", *argv, "--sweep", str(sweep))["classes"]["class3"]
+    against = result["sweep"]["reward=share"]
+    assert against["target_pixels"] == ahead
+    assert against["seeds_ahead"] == 2
+    assert against["vs_presence"] == round(np.mean(ahead) / np.mean(presence["target_pixels"]), 3)
+    assert 0 < against["p_ahead"] <= against["p_behind"] <= 1
+
+
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        ("{}", "a list of points"),
+        ('[{"point": "p", "target": "class3"}]', "'seed_target_pixels'"),
+        ('[{"point": "p", "target": "class3", "seed_target_pixels": [1, 2, 3]}]', "same --seeds"),
+    ],
+)
+def test_presence_headroom_rejects_a_bad_sweep_file(tiny_store, tmp_path, points, message) -> None:
+    sweep = tmp_path / "points.json"
+    sweep.write_text(points)
+    argv = ["--store", str(tiny_store.path), "--seeds", "2", "--sweep", str(sweep)]
+    command = [sys.executable, str(BENCHMARKS / "presence_headroom.py"), *argv]
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode != 0 and message in finished.stderr
+
+
 def test_the_headroom_ridge_fits_a_quadratic_of_the_presence() -> None:
     import numpy as np
 
