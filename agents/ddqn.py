@@ -142,9 +142,11 @@ class DDQNConfig:
     """Train every shown candidate, not only the picked one: a sampled state's valid candidate
     ``a_i`` gets the taken action's n-step target shifted by ``r(a_i) - r(a_taken)``, the
     immediate rewards the env's ``candidate_rewards`` reports. Exact up to the picked patch's
-    effect on later draws. A sample whose rewards are unknown (an unlabelled pool, raw replay, an
-    env without ``candidate_rewards``) keeps the plain Double DQN update; False is the paper's
-    plain Double DQN throughout."""
+    effect on later draws. Only labels a learner may read count: every shown candidate's in the
+    labelled set (``init``), only the acquired patch's on ``pool``, whose other labels a
+    deployment never sees, even where an evaluation's pool knows them. A sample whose rewards
+    are unknown (``pool``, raw replay, an env without ``candidate_rewards``) keeps the plain
+    Double DQN update; False is the paper's plain Double DQN throughout."""
     features_on_device: bool = False
     """Compact replay: hold the store's feature table as a tensor on ``device`` and rebuild
     sampled observations there, so that only store ids cross to the device. Meant for a GPU: on
@@ -152,8 +154,9 @@ class DDQNConfig:
     hindsight_fraction: float = 0.5
     """Share of each batch relabelled with another target when the env draws a new target per
     episode (``env.unwrapped.goal_targets`` not empty; compact replay): the state's target
-    becomes one whose rewards differ between the shown candidates, and the n-step return is
-    recomputed exactly from the window's picked patches. 0 disables it."""
+    becomes one whose rewards differ between the shown candidates (whose labels a learner may
+    read, as with ``counterfactual_targets``), and the n-step return is recomputed exactly from
+    the window's picked patches. 0 disables it."""
 
     def __post_init__(self) -> None:
         # Plain data only, so a checkpoint holds no pickled objects.
@@ -232,7 +235,11 @@ class RewardOracleEnv(CompactStateEnv, Protocol):
     goal_targets: np.ndarray
 
     def candidate_rewards(
-        self, compact: np.ndarray, target: np.ndarray | int | None = None
+        self,
+        compact: np.ndarray,
+        target: np.ndarray | int | None = None,
+        *,
+        shown: bool = False,
     ) -> np.ndarray: ...
 
 
@@ -700,7 +707,7 @@ class DDQN(Learner):
             batch = self._relabel(batch, oracle)
         rewards = None
         if oracle is not None and c.counterfactual_targets:
-            rewards = oracle.candidate_rewards(batch.obs)
+            rewards = oracle.candidate_rewards(batch.obs, shown=True)
         obs, obs_weights, next_obs, next_weights, next_invalid, actions, floats = self._to_tensors(
             batch
         )
@@ -844,6 +851,7 @@ class DDQN(Learner):
         by_goal = env.candidate_rewards(
             np.broadcast_to(states[:, None], (chosen.size, goals.size, states.shape[-1])),
             goals[None, :],
+            shown=True,
         )  # [P, T, K]
         unknown = np.isnan(by_goal)
         highest = np.where(unknown, -np.inf, by_goal).max(axis=2)

@@ -110,11 +110,10 @@ class SupervisedPolicy(RolloutLearner):
         assert self.env is not None
         env = unwrap_misical(self.env)
         labels = np.asarray(env.store.counts[np.maximum(candidate_ids, 0), target]) > 0
-        if env.split == "init":  # labels known: every shown candidate is a training example
-            keep = candidate_ids >= 0
-        else:  # deployment: only the acquired patch's label is revealed
-            keep = np.zeros(len(candidate_ids), dtype=bool)
-            keep[action] = candidate_ids[action] >= 0
+        # Every shown candidate of the labelled set is a training example; in deployment
+        # (pool) only the acquired patch's label is revealed.
+        keep = env.revealed_when_shown.take(candidate_ids)
+        keep[action] = candidate_ids[action] >= 0
         self._rows.append(rows[keep])
         self._labels.append(labels[keep])
 

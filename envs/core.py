@@ -122,6 +122,20 @@ def check_reset_options(options: Any, known: Sequence[str]) -> Mapping[str, Any]
     return options
 
 
+LABELLED_SET_SPLIT = "init"
+"""The split whose labels a learner may read for every candidate it is shown: the small
+labelled set. Elsewhere (``pool``, deployment) annotation reveals only the acquired patch's
+label, also where a simulation's labelled pool knows them all."""
+
+
+def revealed_when_shown(store: FeatureStore) -> np.ndarray:
+    """bool ``[num_patches]``: the patches whose labels a learner may read when they are only
+    shown as candidates, not acquired: the labelled set's (:data:`LABELLED_SET_SPLIT`)."""
+    revealed = np.zeros(store.num_patches, dtype=bool)
+    revealed[store.split_ids(LABELLED_SET_SPLIT, labelled=True)] = True
+    return revealed
+
+
 def targets_present(store: FeatureStore, split: str) -> np.ndarray:
     """Class indices with at least one labelled pixel in the split: the draws of ``"random"``."""
     present = np.flatnonzero(store.class_patches(split) > 0)

@@ -19,6 +19,7 @@ from misical_gym.envs.core import (
     kept_table,
     resolve_store,
     resolve_target,
+    revealed_when_shown,
     targets_present,
 )
 from misical_gym.store import FeatureStore
@@ -202,6 +203,10 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         # A plain ndarray view of the memory map: NumPy's memmap subclass slows every lookup.
         self._counts = np.asarray(self.store.counts)
         self._labelled = np.asarray(self.store.labelled)
+        self.revealed_when_shown = np.append(revealed_when_shown(self.store), False)
+        """bool ``[num_patches + 1]``: whether a learner may read a patch's label when it is only
+        shown as a candidate (the labelled set's patches), then False, which id -1 (an empty
+        slot) indexes."""
         self._reward_tables: dict[int, np.ndarray] = {}
         # Allocated once: each reset copies the split into it instead of allocating anew.
         self._remaining = np.empty_like(self.split_ids)
@@ -308,7 +313,11 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         return obs
 
     def candidate_rewards(
-        self, compact: np.ndarray, target: np.ndarray | int | None = None
+        self,
+        compact: np.ndarray,
+        target: np.ndarray | int | None = None,
+        *,
+        shown: bool = False,
     ) -> np.ndarray:
         """The reward each candidate of compact states ``[..., pool_size + 2]`` would pay.
 
@@ -320,10 +329,15 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
             compact: Compact states, one or a batch, as :meth:`compact_state` returns them.
             target: Classes to pay for instead of each state's own target (broadcast over the
                 leading dimensions), for relabelling a transition with another target.
+            shown: The candidates were only shown, not acquired: a learner may read their
+                labels only in the labelled set (``init``). On ``pool`` deployment reveals the
+                acquired patch's label alone, even where a simulation's pool knows them all
+                (:func:`~misical_gym.envs.core.revealed_when_shown`).
 
         Returns:
             float64 ``[..., pool_size]`` rewards under this env's reward function; NaN where a
-            slot is empty or the patch's counts are unknown (``FeatureStore.labelled``).
+            slot is empty, the patch's counts are unknown (``FeatureStore.labelled``) or, with
+            ``shown``, its label is not revealed.
 
         Raises:
             ValueError: The states do not end in ``pool_size + 2`` values, or hold an id or
@@ -338,16 +352,18 @@ class MiSiCALEnv(gym.Env[np.ndarray, np.int64]):
         classes = np.broadcast_to(classes, compact.shape[:-1])
         if ids.size and (ids.max() >= self.store.num_patches or ids.min() < -1):
             raise ValueError(f"compact states hold ids outside [-1, {self.store.num_patches})")
-        if classes.size:
-            lowest, highest = int(classes.min()), int(classes.max())
-            if lowest < 0 or highest >= self.store.num_classes:
-                raise ValueError(f"target classes must lie in [0, {self.store.num_classes})")
-            if lowest == highest:  # one target: its table
-                return self._reward_table(lowest).take(ids)
-        safe = np.maximum(ids, 0)
-        counts = self._counts[safe, classes[..., None]]
-        rewards = self.reward_fn(counts, self._areas[safe])
-        rewards[(ids < 0) | ~self._labelled[safe]] = np.nan
+        lowest, highest = (int(classes.min()), int(classes.max())) if classes.size else (0, -1)
+        if lowest < 0 or highest >= self.store.num_classes:
+            raise ValueError(f"target classes must lie in [0, {self.store.num_classes})")
+        if lowest == highest:  # one target: its table
+            rewards = self._reward_table(lowest).take(ids)
+        else:
+            safe = np.maximum(ids, 0)
+            counts = self._counts[safe, classes[..., None]]
+            rewards = self.reward_fn(counts, self._areas[safe])
+            rewards[(ids < 0) | ~self._labelled[safe]] = np.nan
+        if shown:
+            rewards[~self.revealed_when_shown.take(ids)] = np.nan
         return rewards
 
     def _reward_table(self, target: int) -> np.ndarray:

@@ -240,10 +240,14 @@ class MiSiCALVectorEnv(VectorEnv):
         return self._template.observation_from_compact(compact)
 
     def candidate_rewards(
-        self, compact: np.ndarray, target: np.ndarray | int | None = None
+        self,
+        compact: np.ndarray,
+        target: np.ndarray | int | None = None,
+        *,
+        shown: bool = False,
     ) -> np.ndarray:
         """Every candidate's reward in compact states, like the single environment's."""
-        return self._template.candidate_rewards(compact, target)
+        return self._template.candidate_rewards(compact, target, shown=shown)
 
     @property
     def goal_targets(self) -> np.ndarray:

@@ -311,9 +311,9 @@ def test_train_step_matches_a_per_sample_reference(
         batches.append(real_sample(batch_size, beta, rng)._replace(next_action_masks=masks))
         return batches[-1]
 
-    def candidate_rewards(compact: np.ndarray, target: Any = None) -> np.ndarray:
+    def candidate_rewards(compact: np.ndarray, target: Any = None, *, shown: bool) -> np.ndarray:
         # As on a partly labelled split: sample 1 knows no count, sample 2 only some.
-        rewards.append(real_rewards(compact, target))
+        rewards.append(real_rewards(compact, target, shown=shown))
         rewards[-1][1] = np.nan
         rewards[-1][2, ::2] = np.nan
         return rewards[-1]
@@ -370,6 +370,22 @@ def test_train_step_matches_a_per_sample_reference(
     np.testing.assert_array_equal(indices, batch.indices)
     np.testing.assert_allclose(td, td_errors, rtol=1e-4, atol=1e-5)  # the taken action's TD
     assert model.state.n_updates == 1
+
+
+def test_pool_training_reads_only_the_acquired_labels(tiny_store: FeatureStore) -> None:
+    """On ``pool`` a deployment reveals only the acquired patch's label, so counterfactual
+    targets, which read every shown candidate's, fall back to the plain update there, even
+    though the simulated pool's counts are all known; on ``init`` they do not."""
+
+    def trained(split: str, counterfactual: bool) -> DDQN:
+        model = DDQN(
+            make_env(tiny_store, split=split), seed=0, counterfactual_targets=counterfactual, **FAST
+        )
+        return model.learn(300)
+
+    assert_same_params(trained("pool", True), trained("pool", False))
+    with pytest.raises(AssertionError):
+        assert_same_params(trained("init", True), trained("init", False))
 
 
 def _plain_q_values(net: DeepSetQNetwork, obs: torch.Tensor) -> torch.Tensor:
@@ -518,7 +534,7 @@ def test_hindsight_relabels_targets_with_exact_returns(tiny_store: FeatureStore)
         assert relabelled.returns[i] == pytest.approx(sum(0.9**j * r for j, r in enumerate(paid)))
     # Unknown counts in a window: the sample keeps its own target and return.
     env_rewards = env.candidate_rewards
-    model.env.unwrapped.candidate_rewards = lambda c, t=None: np.full_like(
+    model.env.unwrapped.candidate_rewards = lambda c, t=None, shown=False: np.full_like(
         env_rewards(c, t), np.nan
     )
     try:

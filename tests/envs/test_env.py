@@ -361,6 +361,22 @@ def test_candidate_rewards_are_nan_where_unknown(tmp_path) -> None:
         env.candidate_rewards(state, store.num_classes)
 
 
+@pytest.mark.parametrize("several_targets", [False, True])
+def test_shown_candidates_reveal_only_the_labelled_sets_labels(tiny_store, several_targets) -> None:
+    """``shown=True``: a candidate only shown, not acquired, pays a known reward on ``init``
+    alone; a pool patch's count, known to a simulation, stays hidden (NaN) as in deployment."""
+    env = make(tiny_store, budget=4, pool_size=4).unwrapped
+    init, pool = tiny_store.split_ids("init")[:2], tiny_store.split_ids("pool")[:1]
+    targets = [1, 2] if several_targets else 1
+    states = np.array([[init[0], pool[0], -1, init[1], 1, 4]] * 2)
+    known = env.candidate_rewards(states, targets)
+    shown = env.candidate_rewards(states, targets, shown=True)
+    assert np.isfinite(known[:, [0, 1, 3]]).all()
+    np.testing.assert_array_equal(shown[:, [0, 3]], known[:, [0, 3]])
+    assert np.isnan(shown[:, [1, 2]]).all()
+    np.testing.assert_array_equal(env.revealed_when_shown[[init[0], pool[0], -1]], [1, 0, 0])
+
+
 @pytest.mark.parametrize("scheme", ["categorical", "binary", "share", "log_count"])
 def test_a_single_targets_table_pays_as_the_gather_of_several(tmp_path, scheme) -> None:
     """States of one target read its cached reward table; a batch of several targets gathers
