@@ -21,7 +21,8 @@ Prints one JSON object: per class and scorer, the target pixels per seed and the
 each scorer's mean against presence's. With ``--sweep POINTS_JSON`` (a ``misical sweep``
 ``points.json`` over the same store, classes and seeds), each sweep point's per-seed pixels are
 set against presence-greedy's too: the mean against presence's, the seeds where the point is
-ahead, and one-sided Mann–Whitney U p-values for "ahead" and "behind".
+ahead, and one-sided p-values for "ahead" and "behind": Mann–Whitney U, and the Wilcoxon
+signed-rank test of the seeds as matched pairs (a seed draws the same candidates for both).
 
 Usage: ``python benchmarks/presence_headroom.py [--store DIR] [--classes a,b] [--seeds 3]
 [--sweep POINTS_JSON]``.
@@ -131,10 +132,21 @@ def read_sweep_points(path: Path, seeds: int) -> list[dict]:
 
 
 def against_presence(pixels: list[int], presence: list[int]) -> dict:
-    """A sweep point's per-seed pixels set against presence-greedy's, seed by seed."""
-    from scipy.stats import mannwhitneyu
+    """A sweep point's per-seed pixels set against presence-greedy's, seed by seed.
+
+    Besides the two-sample test, a paired one: a seed fixes the random draws of candidates, so
+    two policies see the same candidates until their picks differ, and a seed's two results
+    are a matched pair whose difference varies far less than either result across seeds.
+    """
+    from scipy.stats import mannwhitneyu, wilcoxon
 
     mine, theirs = np.array(pixels), np.array(presence)
+
+    def paired(alternative: str) -> float:
+        if not (mine != theirs).any():
+            return 1.0
+        return round(float(wilcoxon(mine, theirs, alternative=alternative).pvalue), 3)
+
     return {
         "target_pixels": pixels,
         "mean": round(float(mine.mean()), 1),
@@ -142,6 +154,8 @@ def against_presence(pixels: list[int], presence: list[int]) -> dict:
         "seeds_ahead": int((mine > theirs).sum()),
         "p_ahead": round(float(mannwhitneyu(mine, theirs, alternative="greater").pvalue), 3),
         "p_behind": round(float(mannwhitneyu(mine, theirs, alternative="less").pvalue), 3),
+        "p_ahead_paired": paired("greater"),
+        "p_behind_paired": paired("less"),
     }
 
 

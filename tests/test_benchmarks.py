@@ -215,6 +215,8 @@ def test_presence_headroom_sets_a_sweeps_seeds_against_presence(tiny_store, tmp_
     assert against["seeds_ahead"] == 2
     assert against["vs_presence"] == round(np.mean(ahead) / np.mean(presence["target_pixels"]), 3)
     assert 0 < against["p_ahead"] <= against["p_behind"] <= 1
+    # Ahead on both seeds by one pixel each: the paired test's smallest p for 2 pairs.
+    assert against["p_ahead_paired"] == 0.25 and against["p_behind_paired"] == 1.0
 
 
 @pytest.mark.parametrize(
