@@ -5,6 +5,8 @@ pretrains on ``init`` and continues on ``pool`` for the same number of env steps
 greedy policy plays held-out ``pool`` episodes. Prints one JSON object (per-class means over
 seeds, the training curves of mean episode reward against env steps, and the verdicts) and
 writes a PNG of the curves. ``entropy`` runs too, so that "every heuristic" means all of them.
+Every agent learns from and is scored on one reward, ``--reward`` (the env's own categorical
+reward unless told), whatever its packaged hyperparameters' ``env_kwargs`` say.
 
 ``--time-to-supervised CLASS`` measures instead how fast an agent (``--agents``, default
 ``ddqn``) learns on that class: it trains as above, plays ``--episodes`` greedy pool episodes
@@ -13,8 +15,8 @@ env steps when the greedy mean reward first reaches 0.9x the supervised ablation
 whole budget (same seed, same evaluation episodes).
 
 Usage: ``python benchmarks/bench_agents.py [--store DIR] [--pretrain-steps 3000]
-[--online-steps 1000] [--seeds 3] [--workers 2] [--plot bench_agents.png] [--agents a,b,...]
-[--time-to-supervised skis [--eval-every 250]]``.
+[--online-steps 1000] [--seeds 3] [--workers 2] [--reward categorical]
+[--plot bench_agents.png] [--agents a,b,...] [--time-to-supervised skis [--eval-every 250]]``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ AGENTS = (
 )
 
 
+def env_kwargs(job: dict[str, Any]) -> dict[str, Any]:
+    """Every agent's env: the job's store, and its reward named, so that no agent's packaged
+    ``env_kwargs`` (the DDQN's ``reward: share``) puts it on other terms than the rest."""
+    return {"root": job["store"], "reward": job["reward"]}
+
+
 def one_run(job: dict[str, Any]) -> dict[str, Any]:
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -57,7 +65,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         run_dir = run_training(
             job["agent"],
             env_id,
-            env_kwargs={"root": job["store"]},
+            env_kwargs=env_kwargs(job),
             target=job["target"],
             pretrain_steps=job["pretrain"],
             online_steps=job["online"],
@@ -93,6 +101,7 @@ def _finished_as(run_dir: Path, job: dict[str, Any], env_id: str) -> bool:
         "seed": job["seed"],
         "phases": phases,
         "eval_episodes": job["episodes"],
+        "env_kwargs": env_kwargs(job),
         "hyperparams": split_experiment(default_hyperparams(job["agent"], env_id))[0],
     }
     return all(config.get(key) == value for key, value in expected.items())
@@ -110,7 +119,7 @@ def time_to_supervised(job: dict[str, Any]) -> dict[str, Any]:
     from misical_gym.train.run import greedy_pool_statistics, make_misical_env
 
     torch.set_num_threads(1)
-    env_id, seed, kwargs = "MiSiCAL-Synthetic", job["seed"], {"root": job["store"]}
+    env_id, seed, kwargs = "MiSiCAL-Synthetic", job["seed"], env_kwargs(job)
     eval_seed = 10_000 + seed  # run_training's evaluation episodes
     supervised = run_training(
         "supervised",
@@ -175,6 +184,11 @@ def main() -> None:
     parser.add_argument("--online-steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=30, help="greedy pool episodes per run")
+    parser.add_argument(
+        "--reward",
+        default="categorical",
+        help="the reward every agent learns from and is scored on (default: the env's own)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=Path("bench_agents.png"))
     parser.add_argument("--agents", default=None, help=f"default: {','.join(AGENTS)}")
@@ -199,6 +213,7 @@ def main() -> None:
                 "target": args.time_to_supervised,
                 "seed": seed,
                 "store": str(store.path),
+                "reward": args.reward,
                 "pretrain": args.pretrain_steps,
                 "online": args.online_steps,
                 "episodes": args.episodes,
@@ -222,6 +237,7 @@ def main() -> None:
                 "target": target,
                 "seed": seed,
                 "store": str(store.path),
+                "reward": args.reward,
                 "pretrain": args.pretrain_steps,
                 "online": args.online_steps,
                 "episodes": args.episodes,

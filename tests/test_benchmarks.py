@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -56,15 +57,24 @@ def test_bench_agents_reads_finished_runs_instead_of_training_again(tiny_store, 
     argv += ["--seeds", "1", "--pretrain-steps", "64", "--online-steps", "32", "--episodes", "2"]
     argv += ["--workers", "1", "--runs", str(tmp_path / "runs"), "--plot", str(tmp_path / "p.png")]
 
-    def bench() -> dict:
-        return report("bench_agents.py", *argv)
+    def bench(*more: str) -> dict:
+        return report("bench_agents.py", *argv, *more)
 
     first = bench()
-    summary = tmp_path / "runs" / "MiSiCAL-Synthetic" / "class3" / "presence_0" / "summary.json"
-    written = summary.stat().st_mtime_ns
+    run = tmp_path / "runs" / "MiSiCAL-Synthetic" / "class3" / "presence_0"
+    written = (run / "summary.json").stat().st_mtime_ns
     assert bench()["results"] == first["results"]
-    assert summary.stat().st_mtime_ns == written  # read, not trained again
+    assert (run / "summary.json").stat().st_mtime_ns == written  # read, not trained again
     assert set(first["results"]["class3"]) == {"random", "presence"}
+    # Every agent on the reward named, recorded in its run.
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["env_kwargs"]["reward"] == "categorical"
+    argv[argv.index("--runs") + 1] = str(tmp_path / "share")
+    bench("--reward", "share")
+    config = yaml.safe_load(
+        (tmp_path / "share" / run.relative_to(tmp_path / "runs") / "config.yaml").read_text()
+    )
+    assert config["env_kwargs"]["reward"] == "share"
 
 
 def test_bench_select_selects_in_both_modes() -> None:
