@@ -214,10 +214,17 @@ def test_the_select_mode_enters_the_job_digest_and_episode_keeps_the_old_one() -
 
 
 def test_the_goal_network_enters_only_the_goal_policys_training() -> None:
-    one, goal = _job(policy="ddqn"), _job(policy="ddqn-goal")
-    assert "goal_policy_kwargs" in goal.training()["hyperparams"]
+    network = Job.encode({"goal_policy_kwargs": {"phi_arch": [8]}})
+    one, goal = (
+        _job(policy="ddqn", hyperparams=network),
+        _job(policy="ddqn-goal", hyperparams=network),
+    )
+    assert goal.training()["hyperparams"]["goal_policy_kwargs"] == {"phi_arch": [8]}
     assert "goal_policy_kwargs" not in one.training()["hyperparams"]
-    assert one.training()["hyperparams"]["policy_kwargs"] == {"phi_arch": [16], "rho_arch": [16]}
+    assert one.training()["hyperparams"]["policy_kwargs"] == {
+        "phi_arch": [64, 64],
+        "rho_arch": [64],
+    }
 
 
 def test_evaluate_compares_rank_and_episode(tmp_path) -> None:
