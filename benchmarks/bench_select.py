@@ -33,6 +33,7 @@ def main() -> None:
     from misical_gym.data.classes import COCO_STUFF_CLASSES
     from misical_gym.testing import write_random_store
     from misical_gym.train import make_agent
+    from misical_gym.train.agents import default_hyperparams
     from misical_gym.train.select import select_patches
 
     torch.set_num_threads(1)
@@ -44,10 +45,13 @@ def main() -> None:
             image_size=(480, 640),
             split_fractions=(10 / args.images, 1 - 10 / args.images, 0.0),  # about 10 init images
         )
-        # An untrained DDQN of the default size: selection cost does not depend on training.
+        # An untrained DDQN of the network `misical train` gives it (the packaged
+        # hyperparameters'): selection cost depends on the network, not on training.
+        network = default_hyperparams("ddqn", "MiSiCAL-COCO10k").get("policy_kwargs", {})
         env = gym.make("MiSiCAL-Store", root=str(store.path), split="pool", target_class="skis")
         run = Path(tmp) / "ddqn"
-        make_agent("ddqn", env, device="cpu", learning_starts=10).learn(50).save(run / "model")
+        agent = make_agent("ddqn", env, device="cpu", learning_starts=10, policy_kwargs=network)
+        agent.learn(50).save(run / "model")
         (run / "config.yaml").write_text("agent: ddqn\n")
         (run / "summary.json").write_text(json.dumps({"model": "model.zip"}))
         seconds: dict[str, dict[str, float]] = {"episode": {}, "rank": {}}
@@ -76,6 +80,7 @@ def main() -> None:
                 "classes": 171,
                 "pool_size": 32,
                 "budget": args.budget,
+                "ddqn_policy_kwargs": network,
                 "seconds": seconds,
                 "rank_speedup_over_episode": {
                     name: round(seconds["episode"][name] / seconds["rank"][name], 1)
