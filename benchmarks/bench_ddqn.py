@@ -29,8 +29,12 @@ Contenders take turns, one timed block each per repeat; rates are medians over r
 ratios medians of per-repeat ratios. Also reports replay bytes per transition in both modes and
 the size of a 1,000,000-transition compact replay. Prints one JSON object.
 
+``--network packaged`` gives the DDQN the Q-network of the packaged hyperparameters
+(``train/hyperparams/ddqn.yml``, what ``misical train`` builds) instead of the constructor's;
+the schedule stays the one above.
+
 Run: ``python benchmarks/bench_ddqn.py [--iterations I] [--repeats R] [--steps S]
-[--e2e-repeats E] [--device cpu|cuda]``
+[--e2e-repeats E] [--device cpu|cuda] [--network constructor|packaged]``
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -52,6 +57,7 @@ import misical_gym  # noqa: F401  (registers the environments)
 from misical_gym.agents import DDQN
 from misical_gym.data.classes import COCO_STUFF_CLASSES
 from misical_gym.testing import write_random_store
+from misical_gym.train.agents import default_hyperparams
 
 POOL_SIZE = 32
 BATCH_SIZE = 64
@@ -66,6 +72,8 @@ SCHEDULE = {
 }
 """The end-to-end schedule, shared by both learners (plus ``N_STEP``-step returns)."""
 VECTOR_SIZES = (1, 8, 32)
+NETWORK: dict[str, Any] = {}
+"""The DDQN's ``policy_kwargs`` (``--network``): empty for the constructor's network."""
 
 
 def make_env(root: Path) -> gym.Env:
@@ -77,6 +85,7 @@ def ddqn_contender(
 ) -> tuple[Callable[[], None], DDQN]:
     model = DDQN(
         make_env(root),
+        policy_kwargs=NETWORK,
         replay=replay,
         counterfactual_targets=counterfactual,
         buffer_size=FILL_STEPS * 2,
@@ -114,7 +123,7 @@ def learn_rate(model: DDQN | DQN, steps: int) -> float:
 
 
 def ddqn_learner(env: object, device: str) -> DDQN:
-    return DDQN(env, n_step=N_STEP, seed=0, device=device, **SCHEDULE)
+    return DDQN(env, n_step=N_STEP, seed=0, device=device, policy_kwargs=NETWORK, **SCHEDULE)
 
 
 def sb3_learner(env: gym.Env, device: str) -> DQN:
@@ -193,7 +202,15 @@ def main() -> None:
         "--steps", type=int, default=2048, help="env steps of each end-to-end learn() run"
     )
     parser.add_argument("--e2e-repeats", type=int, default=3, help="end-to-end runs per learner")
+    parser.add_argument(
+        "--network",
+        choices=("constructor", "packaged"),
+        default="constructor",
+        help="the DDQN's Q-network: DDQNConfig's default, or ddqn.yml's (misical train's)",
+    )
     args = parser.parse_args()
+    if args.network == "packaged":
+        NETWORK.update(default_hyperparams("ddqn", "MiSiCAL-COCO10k").get("policy_kwargs", {}))
     torch.set_num_threads(1)
     synthetic = end_to_end(
         lambda: gym.make("MiSiCAL-Synthetic", pool_size=POOL_SIZE, budget=32),

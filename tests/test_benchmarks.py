@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
+from misical_gym.train.agents import default_hyperparams
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -81,6 +83,9 @@ def test_bench_select_selects_in_both_modes() -> None:
     bench = report("bench_select.py", "--images", "40", "--budget", "20")
     assert bench["store_patches"] == 640 and 0 < bench["pool_patches"] < 640
     assert set(bench["seconds"]["rank"]) == {"random", "presence", "ddqn"}
+    # The DDQN a user's `misical train` builds, not the constructor's smaller default.
+    packaged = default_hyperparams("ddqn", "MiSiCAL-COCO10k")["policy_kwargs"]
+    assert bench["ddqn_policy_kwargs"] == packaged != {}
 
 
 def test_presence_signal_scores_the_split_it_is_given(tiny_store) -> None:
