@@ -5,11 +5,12 @@ object: wall seconds; how loaded the machine was (it may be shared): the CPU cou
 load average sampled every 10 s during the run, and the CPU seconds this process got per wall
 second; and the frozen segmenter's test IoU for every class, as the store's manifest records it.
 ``--out`` keeps the store (default: a temporary folder, removed afterwards); ``--json FILE`` also
-writes the report there; ``--epochs``, ``--train-crop``, ``--levels``, ``--image-size`` and
-``--init-fraction`` time a variant of the preset.
+writes the report there; ``--epochs``, ``--train-crop``, ``--train-batch-size``, ``--levels``,
+``--image-size`` and ``--init-fraction`` time a variant of the preset.
 
 Usage: ``python benchmarks/prepare_camvid.py --root DIR [--out DIR] [--json FILE] [--threads N]
-[--epochs N] [--train-crop PX] [--levels N] [--image-size PX] [--init-fraction X]``.
+[--epochs N] [--train-crop PX] [--train-batch-size N] [--levels N] [--image-size PX]
+[--init-fraction X]``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from misical_gym.atomic import atomic_write_text
 
 
 def time_training_step(threads: int | None, steps: int = 5) -> float:
-    """Seconds per training step of the default segmenter on a batch of the preset's windows.
+    """Seconds per training step of a fixed workload, to compare machines across reports.
 
-    The batch size, learning rate and window are :class:`TrainConfig`'s and the preset's (16
-    random 128-px windows), over 12 classes.
+    :class:`SmallUNet` at its own default levels, :class:`TrainConfig`'s batch size and
+    learning rate, the preset's window (16 random 128-px windows) and 12 classes: the preset's
+    own network up to this round, kept as the probe when the preset changed so that every
+    report's step stays comparable.
     """
     import torch
 
@@ -62,6 +65,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: half the cores)")
     parser.add_argument("--epochs", type=int, help="segmenter epochs (default: the preset's)")
     parser.add_argument("--train-crop", type=int, help="training window (default: the preset's)")
+    parser.add_argument(
+        "--train-batch-size", type=int, help="segmenter training batch (default: the preset's)"
+    )
     parser.add_argument("--levels", type=int, help="segmenter levels (default: the preset's)")
     parser.add_argument("--image-size", type=int, help="network input side (default: the preset's)")
     parser.add_argument("--init-fraction", type=float, help="init share (default: the preset's)")
@@ -90,6 +96,7 @@ def main() -> None:
                 for key, value in {
                     "epochs": args.epochs,
                     "train_crop": args.train_crop,
+                    "train_batch_size": args.train_batch_size,
                     "levels": args.levels,
                     "image_size": args.image_size,
                     "init_fraction": args.init_fraction,

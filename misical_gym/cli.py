@@ -80,6 +80,8 @@ def _add_prepare(commands: Any) -> None:
         init_fraction: float = 0.1,
         epochs: int = 20,
         train_crop: int | None = None,
+        levels: int = PrepareConfig.levels,
+        train_batch_size: int = PrepareConfig.train_batch_size,
     ) -> None:
         sub.add_argument(
             "--out",
@@ -121,11 +123,17 @@ def _add_prepare(commands: Any) -> None:
             ),
         )
         sub.add_argument(
+            "--train-batch-size",
+            type=int,
+            default=train_batch_size,
+            metavar="N",
+            help=f"images (or windows) per segmenter training step ({train_batch_size})",
+        )
+        sub.add_argument(
             "--levels",
             type=int,
-            default=PrepareConfig.levels,
-            help="the segmenter's resolution levels; each more sees more context "
-            f"({PrepareConfig.levels})",
+            default=levels,
+            help=f"the segmenter's resolution levels; each more sees more context ({levels})",
         )
         sub.add_argument("--seed", type=int, default=0, help="split and training seed (0)")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -229,6 +237,8 @@ def _add_prepare(commands: Any) -> None:
         init_fraction=CAMVID_DEFAULTS["init_fraction"],
         epochs=CAMVID_DEFAULTS["epochs"],
         train_crop=CAMVID_DEFAULTS["train_crop"],
+        levels=CAMVID_DEFAULTS["levels"],
+        train_batch_size=CAMVID_DEFAULTS["train_batch_size"],
     )
 
 
@@ -272,6 +282,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         uncertainty=tuple(m.strip() for m in args.uncertainty.split(",") if m.strip()),
         epochs=args.epochs,
         train_crop=train_crop,
+        train_batch_size=args.train_batch_size,
         levels=args.levels,
         image_size=None if args.dataset == "synthetic" else args.image_size,
         device=args.device,

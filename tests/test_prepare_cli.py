@@ -254,6 +254,7 @@ def test_extra_uncertainty_columns_leave_the_default_ones_as_they_were(tmp_path)
         (["prepare", "synthetic", "--threads", "0"], "threads"),
         (["prepare", "synthetic", "--train-crop", "4"], "--train-crop must be at least 8"),
         (["prepare", "synthetic", "--levels", "1"], "--levels must be at least 2"),
+        (["prepare", "synthetic", "--train-batch-size", "0"], "--train-batch-size must be at"),
         (["prepare", "synthetic", "--levels", "9"], "--levels must be at least 2 and at most 8"),
         (["prepare", "synthetic", "--uncertainty", "bald,mutual"], "unknown uncertainty metric"),
         (["prepare", "coco10k", "--root", "/nonexistent/cocostuff"], "/nonexistent/cocostuff"),
@@ -346,3 +347,15 @@ def test_the_segmenters_levels_reach_its_checkpoint_and_manifest(tmp_path) -> No
     with pytest.raises(ValueError, match=f"at most {MAX_LEVELS},"):  # and so is the bound
         PrepareConfig(levels=MAX_LEVELS + 1)
     PrepareConfig(levels=MAX_LEVELS)
+
+
+def test_the_training_batch_reaches_the_segmenters_training_and_manifest(tmp_path) -> None:
+    from misical_gym.segmenter import TrainConfig
+
+    argv = ["prepare", "synthetic", "--out", str(tmp_path / "s"), *TINY]
+    assert main([*argv, "--train-batch-size", "5"]) == 0
+    config = FeatureStore.open(tmp_path / "s").manifest["config"]
+    assert config["prepare"]["train_batch_size"] == 5
+    assert config["segmenter_training"]["batch_size"] == 5
+    assert "train_batch_size" not in PrepareConfig().to_dict()  # default manifests unchanged
+    assert PrepareConfig().train_batch_size == TrainConfig().batch_size

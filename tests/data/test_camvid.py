@@ -127,6 +127,16 @@ def test_the_presets_training_window_applies_to_images_larger_than_it(
     config = camvid_config(**settings)
     assert config.train_crop == train_crop
     assert config.epochs == CAMVID_DEFAULTS["epochs"]
+    assert config.levels == CAMVID_DEFAULTS["levels"]
+    assert config.train_batch_size == CAMVID_DEFAULTS["train_batch_size"]
+
+
+def test_the_command_lines_camvid_defaults_are_the_presets() -> None:
+    from misical_gym.cli import build_parser
+
+    args = build_parser().parse_args(["prepare", "camvid", "--root", "x"])
+    for setting in ("image_size", "epochs", "levels", "train_batch_size", "init_fraction"):
+        assert getattr(args, setting) == CAMVID_DEFAULTS[setting], setting
 
 
 def test_a_training_window_larger_than_the_images_is_refused() -> None:
