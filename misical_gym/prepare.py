@@ -160,9 +160,7 @@ class PrepareConfig:
                 f"--levels must be at least 2 and at most {_MAX_LEVELS}, got {self.levels}"
             )
         if self.train_batch_size < 1:
-            raise ValueError(
-                f"--train-batch-size must be at least 1, got {self.train_batch_size}"
-            )
+            raise ValueError(f"--train-batch-size must be at least 1, got {self.train_batch_size}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.seed < 0:

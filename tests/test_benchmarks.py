@@ -196,6 +196,15 @@ def test_prepare_camvid_times_a_training_step_of_the_default_segmenter() -> None
     assert 0 < load_benchmark("prepare_camvid.py").time_training_step(1, steps=1) < 60
 
 
+def test_prepare_camvid_compares_the_presets_step_with_the_probes() -> None:
+    report = load_benchmark("prepare_camvid.py").step_report(1, levels=2, batch=2, steps=1)
+    probe, preset = report["training_step_seconds"], report["preset_training_step_seconds"]
+    assert 0 < preset < probe  # two windows through a shallower network against 16
+    assert report["preset_window_cost_vs_probe"] == pytest.approx(
+        (preset / 2) / (probe / 16), rel=0.1
+    )
+
+
 def test_presence_headroom_plays_presence_as_the_evaluation_does(tiny_store) -> None:
     import numpy as np
 
